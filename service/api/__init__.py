@@ -1,0 +1,1 @@
+"""The HTTP layer: schemas, body parsing, error handlers and thin routes over service.compute."""

@@ -1,0 +1,65 @@
+"""The per-request compute context: device, dtype, element budget, encoding and timing."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+
+from service.api.schemas import ComputeRequest, params_model
+from service.compute import tensors
+from service.compute.registry import OpSpec
+from service.compute.runtime import resolve_device
+from service.config import Settings
+
+
+@dataclass
+class ComputeContext:
+    """What every compute route needs to turn wire tensors into torch ones and back."""
+
+    device: torch.device
+    dtype: torch.dtype
+    encoding: tensors.Encoding
+    budget: tensors.ElementBudget
+    started: float = field(default_factory=time.perf_counter)
+
+    @classmethod
+    def of(cls, request: ComputeRequest, settings: Settings) -> ComputeContext:
+        return cls(
+            device=resolve_device(request.device, settings.device),
+            dtype=tensors.FLOAT_DTYPES[request.dtype],
+            encoding=request.encoding,
+            budget=tensors.ElementBudget(settings.max_elements),
+        )
+
+    def tensor(self, value: Any, where: str, kind: tensors.Kind = "float") -> torch.Tensor:
+        return tensors.decode(
+            value, where=where, dtype=self.dtype, device=self.device, budget=self.budget, kind=kind
+        )
+
+    def optional_tensor(self, value: Any, where: str) -> torch.Tensor | None:
+        return None if value is None else self.tensor(value, where)
+
+    def wire(self, tensor: torch.Tensor | None) -> Any:
+        return None if tensor is None else tensors.encode(tensor, self.encoding)
+
+    def meta(self) -> dict[str, Any]:
+        return {
+            "device": str(self.device),
+            "dtype": tensors.DTYPE_NAMES[self.dtype],
+            "elapsed_ms": round((time.perf_counter() - self.started) * 1000, 3),
+        }
+
+
+def validate_params(spec: OpSpec, params: dict[str, Any]) -> dict[str, Any]:
+    """An op's params checked against its registry entry; failures are the usual 422."""
+    try:
+        return params_model(spec).model_validate(params).model_dump()
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**error, "loc": ("body", "params", *error["loc"])} for error in exc.errors()]
+        ) from exc

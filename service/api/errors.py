@@ -1,0 +1,94 @@
+"""Every error, ours or the framework's, answered with the contract's body."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.api.jsonbody import ServiceHTTPError
+from service.api.responses import JSONBytesResponse
+from service.errors import ServiceError, status_code_for
+
+logger = logging.getLogger("service.errors")
+
+HTTP_ERROR_TYPES = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def error_response(
+    status: int,
+    error_type: str,
+    message: str,
+    headers: Mapping[str, str] | None = None,
+    **extra: Any,
+) -> JSONBytesResponse:
+    body = {"error": {"type": error_type, "message": message, **extra}}
+    return JSONBytesResponse(body, status_code=status, headers=headers)
+
+
+def _service_error(error: ServiceError) -> JSONBytesResponse:
+    return JSONBytesResponse(error.body(), status_code=status_code_for(error))
+
+
+async def handle_service_error(request: Request, exc: Exception) -> JSONBytesResponse:
+    assert isinstance(exc, ServiceError)
+    return _service_error(exc)
+
+
+async def handle_http_exception(request: Request, exc: Exception) -> JSONBytesResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    if isinstance(exc, ServiceHTTPError):
+        return _service_error(exc.error)
+    error_type = HTTP_ERROR_TYPES.get(exc.status_code, "http_error")
+    if exc.status_code == 404 and exc.detail == "Not Found":
+        message = f"There is no route {request.method} {request.url.path}."
+    elif exc.status_code == 405:
+        message = f"{request.method} is not allowed on {request.url.path}."
+    else:
+        message = str(exc.detail)
+    return error_response(exc.status_code, error_type, message, headers=exc.headers)
+
+
+async def handle_validation_error(request: Request, exc: Exception) -> JSONBytesResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [_public_error(error) for error in exc.errors()]
+    first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+    where = ".".join(str(part) for part in first["loc"])
+    message = f"The request does not match the schema: {where}: {first['msg']}"
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more)"
+    return error_response(422, "validation_error", message + ".", errors=errors)
+
+
+def _public_error(error: Any) -> dict[str, Any]:
+    """A pydantic error without its ``input`` (possibly a megabyte) or unserialisable ``ctx``."""
+    return {
+        "loc": [part if isinstance(part, int | str) else str(part) for part in error.get("loc", ())],
+        "msg": str(error.get("msg", "")),
+        "type": str(error.get("type", "")),
+    }
+
+
+async def handle_unexpected(request: Request, exc: Exception) -> JSONBytesResponse:
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(
+        500, "internal_error", "The server failed unexpectedly; this is a bug, please report it."
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ServiceError, handle_service_error)
+    app.add_exception_handler(StarletteHTTPException, handle_http_exception)
+    app.add_exception_handler(RequestValidationError, handle_validation_error)
+    app.add_exception_handler(Exception, handle_unexpected)

@@ -1,0 +1,5 @@
+"""One module per endpoint family; ``ROUTERS`` is the whole URL table."""
+
+from service.api.routes import activations, meta
+
+ROUTERS = (meta.router, activations.router)

@@ -1,0 +1,83 @@
+"""GET /v1/activations and POST /v1/activations/{name}."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request
+
+from service.api.context import ComputeContext, validate_params
+from service.api.deps import SettingsDep
+from service.api.dispatch import run_compute
+from service.api.jsonbody import FastJSONRoute
+from service.api.responses import JSONBytesResponse, dump_json
+from service.api.routes.common import ERROR_RESPONSES
+from service.api.schemas import (
+    ActivationCatalog,
+    ActivationInfo,
+    ActivationRequest,
+    ActivationResponse,
+    params_schema,
+)
+from service.compute.activations import ACTIVATIONS, evaluate_activation
+
+router = APIRouter(prefix="/v1/activations", tags=["activations"], route_class=FastJSONRoute)
+
+ActivationName = Annotated[
+    str,
+    Path(
+        description="A name from GET /v1/activations.",
+        json_schema_extra={"enum": [spec.name for spec in ACTIVATIONS]},
+    ),
+]
+
+
+@router.get("", summary="List the activations, their formulas and parameters")
+def list_activations() -> ActivationCatalog:
+    return ActivationCatalog(
+        activations=[
+            ActivationInfo(
+                name=spec.name,
+                formula=spec.formula,
+                params=params_schema(spec),
+                elementwise=spec.elementwise,
+            )
+            for spec in ACTIVATIONS
+        ]
+    )
+
+
+@router.post(
+    "/{name}",
+    summary="Evaluate an activation with its gradient, second derivative or Jacobian",
+    response_class=JSONBytesResponse,
+    responses={200: {"model": ActivationResponse}, **ERROR_RESPONSES},
+)
+async def activation(
+    name: ActivationName, body: ActivationRequest, request: Request, settings: SettingsDep
+) -> JSONBytesResponse:
+    spec = ACTIVATIONS.get(name)
+    params = validate_params(spec, body.params)
+
+    def job() -> bytes:
+        ctx = ComputeContext.of(body, settings)
+        result = evaluate_activation(
+            spec,
+            ctx.tensor(body.input, "input"),
+            params,
+            grad_output=ctx.optional_tensor(body.grad_output, "grad_output"),
+            second_order=body.second_order,
+            want_jacobian=body.jacobian,
+            max_jacobian_elements=settings.max_jacobian_elements,
+        )
+        return dump_json(
+            {
+                "output": ctx.wire(result.output),
+                "grad": ctx.wire(result.grad),
+                "grad2": ctx.wire(result.grad2),
+                "jacobian": ctx.wire(result.jacobian),
+                "meta": ctx.meta(),
+            }
+        )
+
+    return JSONBytesResponse(await run_compute(request, job))

@@ -1,0 +1,48 @@
+"""Probes and service information: /healthz, /readyz, /v1/info."""
+
+from __future__ import annotations
+
+import platform
+
+import torch
+from fastapi import APIRouter, Request
+
+from service import __version__
+from service.api.deps import SettingsDep
+from service.api.responses import JSONBytesResponse
+from service.api.schemas import Health, Info, Readiness
+from service.compute.runtime import available_devices, resolve_device
+from service.compute.tensors import FLOAT_DTYPES
+
+router = APIRouter(tags=["service"])
+
+
+@router.get("/healthz", summary="Liveness: the process answers (never touches the GPU)")
+async def healthz() -> Health:
+    return Health(status="ok")
+
+
+@router.get(
+    "/readyz",
+    summary="Readiness: 200 when the worker can compute, 503 while starting or draining",
+    response_model=Readiness,
+    responses={503: {"model": Readiness}},
+)
+async def readyz(request: Request) -> JSONBytesResponse:
+    state: str = request.app.state.readiness
+    return JSONBytesResponse({"status": state}, status_code=200 if state == "ready" else 503)
+
+
+@router.get("/v1/info", summary="Versions, devices, defaults and limits")
+def info(settings: SettingsDep) -> Info:
+    return Info(
+        name="gradient-service",
+        version=__version__,
+        torch_version=torch.__version__,
+        python_version=platform.python_version(),
+        devices=available_devices(),
+        default_device=str(resolve_device("auto", settings.device)),
+        dtypes=list(FLOAT_DTYPES),
+        encodings=["json", "base64"],
+        limits=settings.public_limits(),
+    )

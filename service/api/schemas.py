@@ -1,0 +1,163 @@
+"""Request and response models. The OpenAPI schema built from them is the API's reference."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, create_model
+
+from service.compute.registry import OpSpec, Param
+
+NON_FINITE_SCHEMA: dict[str, Any] = {"type": "string", "enum": ["NaN", "Infinity", "-Infinity"]}
+ENCODED_TENSOR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "title": "EncodedTensor",
+    "description": "Little-endian, row-major bytes of the tensor, base64-encoded.",
+    "properties": {
+        "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+        "dtype": {"type": "string", "enum": ["float32", "float64", "int64"]},
+        "base64": {"type": "string", "contentEncoding": "base64"},
+    },
+    "required": ["shape", "dtype", "base64"],
+    "additionalProperties": False,
+}
+NESTED_SCHEMA: dict[str, Any] = {
+    "type": "array",
+    "description": "A rectangular nested array of numbers (shape inferred).",
+    "items": {"anyOf": [{"type": "number"}, NON_FINITE_SCHEMA, {"type": "array"}]},
+}
+TENSOR_SCHEMA: dict[str, Any] = {
+    "title": "Tensor",
+    "description": "A number (0-d tensor), a rectangular nested array of numbers, or an "
+    "encoded object {shape, dtype, base64}. Non-finite values are the strings "
+    '"NaN", "Infinity", "-Infinity".',
+    "anyOf": [{"type": "number"}, NON_FINITE_SCHEMA, NESTED_SCHEMA, ENCODED_TENSOR_SCHEMA],
+}
+
+# Tensors are validated by service.compute.tensors (with positions in the messages and without
+# walking a million numbers in Python), so pydantic passes them through untouched.
+Tensor = Annotated[Any, WithJsonSchema(TENSOR_SCHEMA)]
+TensorOut = Annotated[Any, WithJsonSchema({**TENSOR_SCHEMA, "title": "TensorOut"})]
+
+DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]+)?)$"
+
+
+class ComputeRequest(BaseModel):
+    """Fields every compute endpoint takes."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    dtype: Literal["float32", "float64"] = Field(
+        "float32", description="Floating inputs are cast to it; results come back in it."
+    )
+    device: str = Field(
+        "auto",
+        pattern=DEVICE_PATTERN,
+        description="auto (the server's default: its first GPU if any, else cpu), cpu, cuda, cuda:N.",
+    )
+    encoding: Literal["json", "base64"] = Field(
+        "json", description="How response tensors are written: nested arrays or base64 objects."
+    )
+
+
+class Meta(BaseModel):
+    device: str = Field(description="The device actually used.")
+    dtype: str
+    elapsed_ms: float = Field(description="Time spent computing, decoding and encoding.")
+
+
+class ActivationRequest(ComputeRequest):
+    input: Tensor = Field(description="The points to evaluate the activation at.")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="The activation's parameters (see GET /v1/activations)."
+    )
+    grad_output: Tensor | None = Field(
+        None, description="Cotangent for the vector-Jacobian product; ones when omitted."
+    )
+    second_order: bool = Field(False, description="Also return the elementwise f''.")
+    jacobian: bool = Field(False, description="Also return d output / d input.")
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"input": [-2.0, 0.0, 2.0], "second_order": True},
+                {"input": [1.0, 2.0, 3.0], "params": {"dim": 0}, "jacobian": True},
+            ]
+        }
+    )
+
+
+class ActivationResponse(BaseModel):
+    output: TensorOut
+    grad: TensorOut = Field(description="grad_output^T (d output / d input).")
+    grad2: TensorOut | None = Field(description="Elementwise second derivative, when asked.")
+    jacobian: TensorOut | None = Field(description="Shape output.shape + input.shape.")
+    meta: Meta
+
+
+class ActivationInfo(BaseModel):
+    name: str
+    formula: str
+    params: dict[str, Any] = Field(description="JSON schema of the params object.")
+    elementwise: bool
+
+
+class ActivationCatalog(BaseModel):
+    activations: list[ActivationInfo]
+
+
+class ErrorDetail(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description="A snake_case error type, stable for clients to branch on.")
+    message: str = Field(description="A human sentence saying what was wrong.")
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    status: Literal["ready", "starting", "draining"]
+
+
+class Info(BaseModel):
+    name: str
+    version: str
+    torch_version: str
+    python_version: str
+    devices: list[str]
+    default_device: str
+    dtypes: list[str]
+    encodings: list[str]
+    limits: dict[str, int | float]
+
+
+@cache
+def params_model(spec: OpSpec) -> type[BaseModel]:
+    """A strict pydantic model of one op's params, built from its registry entry."""
+    fields: dict[str, Any] = {param.name: _param_field(param) for param in spec.params}
+    return create_model(
+        f"{spec.name.title().replace('_', '')}Params",
+        __config__=ConfigDict(extra="forbid", strict=True),
+        **fields,
+    )
+
+
+def _param_field(param: Param) -> tuple[Any, Any]:
+    annotation: Any = Literal[param.choices] if param.choices else param.python_type
+    constraints = {
+        key: getattr(param, key) for key in ("ge", "gt", "le", "lt") if getattr(param, key) is not None
+    }
+    return annotation, Field(param.default, description=param.description, **constraints)
+
+
+def params_schema(spec: OpSpec) -> dict[str, Any]:
+    return params_model(spec).model_json_schema()

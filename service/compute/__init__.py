@@ -1,0 +1,1 @@
+"""The pure-torch core: no HTTP, no pydantic. Everything the routes compute lives here."""

@@ -1,0 +1,200 @@
+"""Activation functions, each one registry entry around torch.nn.functional."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from service.compute.autodiff import (
+    check_jacobian_size,
+    elementwise_second_derivative,
+    jacobian,
+    value_and_vjp,
+)
+from service.compute.registry import OpSpec, Param, Registry, Sample
+from service.compute.runtime import torch_errors
+from service.errors import InvalidInput
+
+ACTIVATIONS = Registry("activation")
+
+DIM = Param("dim", -1, "Dimension along which the normalisation runs.")
+LAMBD = Param("lambd", 0.5, "Half-width of the zero band.", ge=0.0)
+
+
+def check_dim(tensor: torch.Tensor, params: Mapping[str, Any]) -> None:
+    """The ``dim`` parameter must name an existing dimension (a 0-d tensor has dims -1 and 0)."""
+    dim, rank = params["dim"], max(tensor.dim(), 1)
+    if not -rank <= dim < rank:
+        raise InvalidInput(
+            f"dim={dim} is out of range for an input with {tensor.dim()} dimension(s) "
+            f"(expected {-rank} <= dim < {rank}).",
+            error_type="invalid_param",
+            param="dim",
+        )
+
+
+def check_hardtanh_bounds(tensor: torch.Tensor, params: Mapping[str, Any]) -> None:
+    if params["min_val"] > params["max_val"]:
+        raise InvalidInput("min_val must not exceed max_val.", error_type="invalid_param", param="min_val")
+
+
+def _activation(
+    name: str, fn: Any, formula: str, *params: Param, elementwise: bool = True, **extra: Any
+) -> None:
+    samples = extra.pop("samples", None) or (Sample(shape=(2, 3)), Sample(shape=()))
+    ACTIVATIONS.register(
+        OpSpec(
+            name=name,
+            kind="activation",
+            fn=fn,
+            formula=formula,
+            params=params,
+            elementwise=elementwise,
+            samples=samples,
+            **extra,
+        )
+    )
+
+
+_activation("sigmoid", torch.sigmoid, "1 / (1 + exp(-x))")
+_activation("tanh", torch.tanh, "(exp(x) - exp(-x)) / (exp(x) + exp(-x)) = 2 sigmoid(2x) - 1")
+_activation("relu", F.relu, "max(0, x)")
+_activation(
+    "leaky_relu",
+    F.leaky_relu,
+    "x if x >= 0 else negative_slope * x",
+    Param("negative_slope", 0.01, "Slope for negative inputs."),
+    samples=(Sample(), Sample(params={"negative_slope": 0.2})),
+)
+_activation(
+    "selu",
+    F.selu,
+    "scale * (max(0, x) + min(0, alpha * (exp(x) - 1))), alpha = 1.6733, scale = 1.0507",
+)
+_activation(
+    "softplus",
+    F.softplus,
+    "log(1 + exp(beta * x)) / beta, or x where beta * x > threshold",
+    Param("beta", 1.0, "Sharpness of the curve.", gt=0.0),
+    Param("threshold", 20.0, "Above beta * x > threshold the function is linear.", gt=0.0),
+    samples=(Sample(), Sample(params={"beta": 2.0, "threshold": 1.0})),
+)
+_activation(
+    "elu",
+    F.elu,
+    "x if x > 0 else alpha * (exp(x) - 1)",
+    Param("alpha", 1.0, "Value the negative side saturates to, negated."),
+    samples=(Sample(), Sample(params={"alpha": 0.5})),
+)
+_activation(
+    "celu",
+    F.celu,
+    "max(0, x) + min(0, alpha * (exp(x / alpha) - 1))",
+    Param("alpha", 1.0, "Scale of the negative side.", gt=0.0),
+    samples=(Sample(), Sample(params={"alpha": 2.0})),
+)
+_activation(
+    "gelu",
+    F.gelu,
+    "x * Phi(x) (Phi the standard normal CDF); tanh approximation on request",
+    Param("approximate", "none", "Exact erf form or the tanh approximation.", choices=("none", "tanh")),
+    samples=(Sample(), Sample(params={"approximate": "tanh"})),
+)
+_activation("silu", F.silu, "x * sigmoid(x)")
+_activation("mish", F.mish, "x * tanh(softplus(x))")
+_activation(
+    "hardtanh",
+    F.hardtanh,
+    "clamp(x, min_val, max_val)",
+    Param("min_val", -1.0, "Lower bound."),
+    Param("max_val", 1.0, "Upper bound."),
+    samples=(Sample(), Sample(params={"min_val": -0.5, "max_val": 2.0})),
+    check=check_hardtanh_bounds,
+)
+_activation("hardsigmoid", F.hardsigmoid, "clamp(x / 6 + 1 / 2, 0, 1)")
+_activation("hardswish", F.hardswish, "x * clamp(x + 3, 0, 6) / 6")
+_activation("relu6", F.relu6, "min(max(0, x), 6)")
+_activation("softsign", F.softsign, "x / (1 + |x|)")
+_activation("logsigmoid", F.logsigmoid, "log(1 / (1 + exp(-x)))")
+_activation("tanhshrink", F.tanhshrink, "x - tanh(x)")
+_activation("softshrink", F.softshrink, "x - lambd if x > lambd, x + lambd if x < -lambd, else 0", LAMBD)
+_activation("hardshrink", F.hardshrink, "x if |x| > lambd else 0", LAMBD)
+_activation(
+    "threshold",
+    F.threshold,
+    "x if x > threshold else value",
+    Param("threshold", 0.0, "Inputs at or below it are replaced."),
+    Param("value", 0.0, "The replacement."),
+)
+for _name, _fn, _formula in (
+    ("softmax", F.softmax, "exp(x_i) / sum_j exp(x_j) along dim"),
+    ("log_softmax", F.log_softmax, "x_i - log(sum_j exp(x_j)) along dim"),
+    ("softmin", F.softmin, "exp(-x_i) / sum_j exp(-x_j) along dim"),
+):
+    _activation(
+        _name,
+        _fn,
+        _formula,
+        DIM,
+        elementwise=False,
+        samples=(Sample(shape=(3,)), Sample(shape=(2, 4), params={"dim": 0}), Sample(shape=())),
+        check=check_dim,
+    )
+
+
+@dataclass(frozen=True)
+class ActivationResult:
+    output: torch.Tensor
+    grad: torch.Tensor
+    grad2: torch.Tensor | None
+    jacobian: torch.Tensor | None
+
+
+def evaluate_activation(
+    spec: OpSpec,
+    x: torch.Tensor,
+    params: Mapping[str, Any],
+    *,
+    grad_output: torch.Tensor | None = None,
+    second_order: bool = False,
+    want_jacobian: bool = False,
+    max_jacobian_elements: int,
+) -> ActivationResult:
+    """The activation's value, its VJP, and on request f'' and the full Jacobian."""
+    if second_order and not spec.elementwise:
+        raise InvalidInput(
+            f"{spec.name} is not elementwise, so it has no elementwise second derivative; "
+            "ask for the jacobian, or differentiate an expression for its Hessian.",
+            error_type="not_elementwise",
+        )
+    if spec.check is not None:
+        spec.check(x, params)
+
+    def fn(t: torch.Tensor) -> torch.Tensor:
+        return spec.fn(t, **params)
+
+    with torch_errors(spec.name):
+        output, grad = value_and_vjp(fn, x, _checked_grad_output(grad_output, x, spec))
+        grad2 = elementwise_second_derivative(fn, x) if second_order else None
+        jac = None
+        if want_jacobian:
+            check_jacobian_size(output.shape, x.shape, max_jacobian_elements)
+            jac = jacobian(fn, x)
+    return ActivationResult(output, grad, grad2, jac)
+
+
+def _checked_grad_output(
+    grad_output: torch.Tensor | None, x: torch.Tensor, spec: OpSpec
+) -> torch.Tensor | None:
+    # Every activation keeps its input's shape, so grad_output must have that shape too.
+    if grad_output is not None and grad_output.shape != x.shape:
+        raise InvalidInput(
+            f"grad_output has shape {list(grad_output.shape)}, but {spec.name}'s output has "
+            f"shape {list(x.shape)}.",
+            error_type="shape_mismatch",
+        )
+    return grad_output

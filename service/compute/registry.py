@@ -1,0 +1,105 @@
+"""One registry for every differentiable op: a name, a torch function, its parameters, its tests.
+
+An entry is data (an OpSpec); the catalog endpoints, the request validation, the OpenAPI, the
+expression language and the generated tests all read it, so a new op is one entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from service.errors import NotFound
+
+ParamValue = float | int | bool | str
+
+
+@dataclass(frozen=True)
+class Param:
+    """One keyword parameter of an op, with its default and the values it may take."""
+
+    name: str
+    default: ParamValue
+    description: str = ""
+    choices: tuple[str, ...] | None = None
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    @property
+    def python_type(self) -> type:
+        return type(self.default)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """Inputs the generated tests feed an op: a tensor shape (or exact values) and params."""
+
+    shape: tuple[int, ...] = (2, 3)
+    params: Mapping[str, ParamValue] = field(default_factory=dict)
+    values: tuple[float, ...] | None = None
+
+
+OpKind = Literal["activation", "loss"]
+
+
+@dataclass(frozen=True, eq=False)
+class OpSpec:
+    """A registered op: ``fn(input, **params)`` in torch, documented and testable."""
+
+    # eq=False: an entry is hashed by identity, so per-op caches can key on it.
+
+    name: str
+    kind: OpKind
+    fn: Callable[..., torch.Tensor]
+    formula: str
+    params: tuple[Param, ...] = ()
+    elementwise: bool = True
+    samples: tuple[Sample, ...] = (Sample(),)
+    check: Callable[[torch.Tensor, Mapping[str, Any]], None] | None = None
+    """Extra validation of the input against the params (raises InvalidInput)."""
+
+    def defaults(self) -> dict[str, ParamValue]:
+        return {param.name: param.default for param in self.params}
+
+    def __call__(self, tensor: torch.Tensor, **params: Any) -> torch.Tensor:
+        return self.fn(tensor, **params)
+
+
+class Registry:
+    """Named OpSpecs of one kind, in registration order."""
+
+    def __init__(self, kind: OpKind) -> None:
+        self.kind = kind
+        self._specs: dict[str, OpSpec] = {}
+
+    def register(self, spec: OpSpec) -> OpSpec:
+        if spec.kind != self.kind:
+            raise ValueError(f"{spec.name} is a {spec.kind}, not a {self.kind}")
+        if spec.name in self._specs:
+            raise ValueError(f"{self.kind} {spec.name} is registered twice")
+        self._specs[spec.name] = spec
+        return spec
+
+    def get(self, name: str) -> OpSpec:
+        try:
+            return self._specs[name]
+        except KeyError:
+            raise NotFound(
+                f"There is no {self.kind} named {name!r}; known: {', '.join(self._specs)}.",
+                error_type=f"unknown_{self.kind}",
+                known=list(self._specs),
+            ) from None
+
+    def __iter__(self) -> Iterator[OpSpec]:
+        return iter(self._specs.values())
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._specs

@@ -1,0 +1,60 @@
+"""Devices and the translation of torch's own exceptions into the service's."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+from service.errors import DeviceUnavailable, InvalidInput, Overloaded
+
+
+def available_devices() -> list[str]:
+    """Devices this process may use, without creating a CUDA context."""
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += [f"cuda:{index}" for index in range(torch.cuda.device_count())]
+    return devices
+
+
+def resolve_device(requested: str, preference: str = "auto") -> torch.device:
+    """Map a request's ``device`` (auto, cpu, cuda, cuda:N) to a torch device that exists.
+
+    ``auto`` means ``preference`` (the GRADIENT_DEVICE setting), whose own ``auto`` is the first
+    GPU if there is one, else the CPU. Raises DeviceUnavailable for a GPU that is not there.
+    """
+    choice = preference if requested == "auto" else requested
+    if choice == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    if choice == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise DeviceUnavailable(
+            f"Device {choice!r} was asked for, but this server has no CUDA device; use 'cpu' or 'auto'.",
+            available=available_devices(),
+        )
+    index = int(choice.partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        raise DeviceUnavailable(
+            f"Device {choice!r} was asked for, but this server has {torch.cuda.device_count()} "
+            "CUDA device(s).",
+            available=available_devices(),
+        )
+    return torch.device("cuda", index)
+
+
+@contextlib.contextmanager
+def torch_errors(what: str) -> Iterator[None]:
+    """Report torch's complaints about the client's input as 400s, and GPU OOM as a 503."""
+    try:
+        yield
+    except torch.OutOfMemoryError as exc:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        raise Overloaded(
+            f"The device ran out of memory computing {what}; retry later or send less.",
+            error_type="device_out_of_memory",
+        ) from exc
+    except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+        raise InvalidInput(f"{what} failed on this input: {exc}", error_type="computation_failed") from exc

@@ -1,0 +1,402 @@
+"""Tensors on the wire <-> torch tensors.
+
+A wire tensor is a JSON number, a rectangular nested array of numbers (non-finite values as
+the strings "NaN", "Infinity", "-Infinity"), or an encoded object
+``{"shape": [...], "dtype": "float32" | "float64" | "int64", "base64": "..."}`` holding the
+little-endian, row-major bytes.
+
+Large arrays arrive as lazy ``simdjson.Array`` objects (see ``service.api.jsonbody``) and are
+copied straight into a buffer without making a Python float per element; anything the fast
+path doubts goes through the exact walker, which names the offending position.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import orjson
+import simdjson
+import torch
+
+from service.errors import InvalidInput, LimitExceeded
+
+WIRE_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "int64": torch.int64,
+}
+DTYPE_NAMES: dict[torch.dtype, str] = {dtype: name for name, dtype in WIRE_DTYPES.items()}
+FLOAT_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
+NON_FINITE_IN: dict[str, float] = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+MAX_RANK = 32
+ENCODED_KEYS = frozenset({"shape", "dtype", "base64"})
+
+Kind = Literal["float", "index"]
+Encoding = Literal["json", "base64"]
+
+if sys.byteorder != "little":  # pragma: no cover - every supported platform is little-endian
+    raise ImportError("the base64 tensor encoding assumes a little-endian host")
+
+
+@dataclass
+class ElementBudget:
+    """Counts the elements of every tensor in one request against the configured cap."""
+
+    limit: int
+    used: int = field(default=0)
+
+    def take(self, count: int, where: str) -> None:
+        self.used += count
+        if self.used > self.limit:
+            raise LimitExceeded(
+                f"The tensors of this request hold more than {self.limit} elements (reached at '{where}').",
+                error_type="too_many_elements",
+                limit=self.limit,
+                where=where,
+            )
+
+
+@dataclass(frozen=True)
+class LazyArray:
+    """A big numeric array still inside simdjson's parsed document, with its checked shape."""
+
+    array: simdjson.Array
+    shape: tuple[int, ...]
+
+
+LAZY_MIN_LENGTH = 64
+
+
+def parse_json(body: bytes) -> Any:
+    """Parse a request body; numeric arrays worth it stay lazy (LazyArray), the rest is Python.
+
+    An array stays lazy when it nests arrays or holds at least LAZY_MIN_LENGTH numbers, and its
+    rows have matching lengths. A final count of ``[`` in the raw body against the arrays seen
+    proves no leaf position holds a nested array (``as_buffer`` would silently flatten it);
+    when the count disagrees, every lazy array is turned into Python for the exact walker.
+    Raises InvalidInput with orjson's description of the first syntax error.
+    """
+    try:
+        document = simdjson.Parser().parse(body)
+    except (ValueError, RuntimeError, UnicodeDecodeError) as exc:
+        raise _syntax_error(body, exc) from exc
+    counter = _BracketCounter()
+    tree = _convert(document, counter)
+    if counter.brackets != body.count(b"["):
+        tree = _materialise(tree)
+    return tree
+
+
+@dataclass
+class _BracketCounter:
+    brackets: int = 0
+
+
+def _convert(node: Any, counter: _BracketCounter) -> Any:
+    if isinstance(node, simdjson.Object):
+        result = {}
+        for key in node:  # iterating an Object yields its keys
+            counter.brackets += key.count("[")
+            result[key] = _convert(node[key], counter)
+        return result
+    if isinstance(node, simdjson.Array):
+        length = len(node)
+        first = node[0] if length else None
+        if isinstance(first, simdjson.Array) or (length >= LAZY_MIN_LENGTH and _is_number(first)):
+            shape = _lazy_shape(node)
+            if shape is not None:
+                counter.brackets += _brackets_of(shape)
+                return LazyArray(node, shape)
+        counter.brackets += 1
+        return [_convert(node[index], counter) for index in range(length)]
+    if isinstance(node, str):
+        counter.brackets += node.count("[")
+    return node
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _lazy_shape(array: simdjson.Array) -> tuple[int, ...] | None:
+    """The shape of a nested lazy array whose rows all match the first, else None."""
+    shape: list[int] = []
+    probe: Any = array
+    while isinstance(probe, simdjson.Array):
+        shape.append(len(probe))
+        if len(shape) > MAX_RANK:
+            return None
+        if not len(probe):
+            break
+        probe = probe[0]
+    rows: list[Any] = [array]
+    for size in shape[:-1]:
+        children: list[Any] = []
+        for row in rows:
+            if not isinstance(row, simdjson.Array) or len(row) != size:
+                return None
+            children.extend(row[index] for index in range(size))
+        rows = children
+    if any(not isinstance(row, simdjson.Array) or len(row) != shape[-1] for row in rows):
+        return None
+    return tuple(shape)
+
+
+def _brackets_of(shape: tuple[int, ...]) -> int:
+    """How many arrays a rectangular nested array of ``shape`` is made of."""
+    total, rows = 0, 1
+    for size in shape[:-1]:
+        total += rows
+        rows *= size
+    return total + rows
+
+
+def _materialise(node: Any) -> Any:
+    if isinstance(node, LazyArray):
+        return node.array.as_list()
+    if isinstance(node, dict):
+        return {key: _materialise(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_materialise(value) for value in node]
+    return node
+
+
+def _syntax_error(body: bytes, exc: Exception) -> InvalidInput:
+    try:
+        orjson.loads(body)
+    except orjson.JSONDecodeError as detail:
+        return InvalidInput(
+            f"The body is not valid JSON: {detail}.", error_type="invalid_json", position=detail.pos
+        )
+    return InvalidInput(f"The body is not valid JSON: {exc}.", error_type="invalid_json")
+
+
+def decode(
+    value: Any,
+    *,
+    where: str,
+    dtype: torch.dtype,
+    device: torch.device,
+    budget: ElementBudget,
+    kind: Kind = "float",
+) -> torch.Tensor:
+    """Turn one wire tensor into a torch tensor of ``dtype`` on ``device``.
+
+    ``kind="index"`` asks for integer class indices (int64, whatever ``dtype`` says).
+    Raises InvalidInput naming ``where`` (and the position inside) for anything malformed.
+    """
+    if isinstance(value, dict):
+        tensor = _decode_encoded(value, where, kind)
+    elif isinstance(value, LazyArray):
+        tensor = _decode_lazy(value, where, kind)
+    else:
+        tensor = _decode_nested(value, where, kind)
+    budget.take(tensor.numel(), where)
+    target = torch.int64 if kind == "index" else dtype
+    return tensor.to(device=device, dtype=target)
+
+
+def _decode_encoded(value: dict[str, Any], where: str, kind: Kind) -> torch.Tensor:
+    if set(value) != ENCODED_KEYS:
+        raise InvalidInput(
+            f"'{where}' must be a number, a nested array, or an object with exactly the keys "
+            f"shape, dtype and base64 (got {sorted(value)}).",
+            error_type="invalid_tensor",
+            where=where,
+        )
+    shape, dtype_name, payload = value["shape"], value["dtype"], value["base64"]
+    if (
+        not isinstance(shape, list)
+        or len(shape) > MAX_RANK
+        or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)
+    ):
+        raise InvalidInput(
+            f"'{where}.shape' must be a list of at most {MAX_RANK} non-negative integers.",
+            error_type="invalid_tensor",
+            where=f"{where}.shape",
+        )
+    if dtype_name not in WIRE_DTYPES:
+        raise InvalidInput(
+            f"'{where}.dtype' must be one of {sorted(WIRE_DTYPES)} (got {dtype_name!r}).",
+            error_type="invalid_tensor",
+            where=f"{where}.dtype",
+        )
+    if not isinstance(payload, str):
+        raise InvalidInput(
+            f"'{where}.base64' must be a string.",
+            error_type="invalid_tensor",
+            where=f"{where}.base64",
+        )
+    try:
+        raw = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidInput(
+            f"'{where}.base64' is not valid base64: {exc}.",
+            error_type="invalid_base64",
+            where=f"{where}.base64",
+        ) from exc
+    wire_dtype = WIRE_DTYPES[dtype_name]
+    count = math.prod(shape)
+    expected = count * wire_dtype.itemsize
+    if len(raw) != expected:
+        raise InvalidInput(
+            f"'{where}.base64' holds {len(raw)} bytes, but shape {shape} of {dtype_name} needs {expected}.",
+            error_type="invalid_base64",
+            where=f"{where}.base64",
+        )
+    if kind == "index" and wire_dtype != torch.int64:
+        raise InvalidInput(
+            f"'{where}' must hold integer class indices (dtype int64), not {dtype_name}.",
+            error_type="invalid_dtype",
+            where=where,
+        )
+    if count == 0:
+        return torch.empty(shape, dtype=wire_dtype)
+    return torch.frombuffer(bytearray(raw), dtype=wire_dtype).reshape(shape)
+
+
+def _decode_lazy(lazy: LazyArray, where: str, kind: Kind) -> torch.Tensor:
+    """Fast path for big arrays: copy the numbers out of simdjson's tape in one call."""
+    try:
+        buffer = lazy.array.as_buffer(of_type="i" if kind == "index" else "d")
+    except (TypeError, ValueError):
+        buffer = None  # a string, bool, null or out-of-range number: let the walker say where
+    if buffer is not None and memoryview(buffer).nbytes == 8 * math.prod(lazy.shape):
+        flat = np.frombuffer(buffer, dtype=np.int64 if kind == "index" else np.float64)
+        return torch.from_numpy(flat.copy()).reshape(lazy.shape)
+    return _decode_nested(lazy.array.as_list(), where, kind)
+
+
+def _decode_nested(value: Any, where: str, kind: Kind) -> torch.Tensor:
+    """The exact path: checks every element and names the first bad one."""
+    shape: list[int] = []
+    probe = value
+    while isinstance(probe, list):
+        shape.append(len(probe))
+        if len(shape) > MAX_RANK:
+            raise InvalidInput(
+                f"'{where}' is nested deeper than {MAX_RANK} levels.",
+                error_type="invalid_tensor",
+                where=where,
+            )
+        if not probe:
+            break
+        probe = probe[0]
+    flat: list[float | int] = []
+    _flatten(value, shape, 0, where, kind, flat)
+    torch_dtype = torch.int64 if kind == "index" else torch.float64
+    return torch.tensor(flat, dtype=torch_dtype).reshape(shape)
+
+
+def _flatten(
+    value: Any, shape: list[int], depth: int, where: str, kind: Kind, out: list[float | int]
+) -> None:
+    if depth == len(shape):
+        out.append(_scalar(value, where, kind))
+        return
+    if not isinstance(value, list):
+        raise InvalidInput(
+            f"'{where}' should be an array of length {shape[depth]} like its siblings, "
+            f"but is {_describe(value)}: the array is ragged.",
+            error_type="ragged_array",
+            where=where,
+        )
+    if len(value) != shape[depth]:
+        raise InvalidInput(
+            f"'{where}' has length {len(value)} but its siblings have length {shape[depth]}: "
+            "the array is ragged.",
+            error_type="ragged_array",
+            where=where,
+        )
+    for index, item in enumerate(value):
+        _flatten(item, shape, depth + 1, f"{where}[{index}]", kind, out)
+
+
+def _scalar(value: Any, where: str, kind: Kind) -> float | int:
+    if isinstance(value, bool) or value is None:
+        pass
+    elif kind == "index":
+        if isinstance(value, int):
+            if -(2**63) <= value < 2**63:
+                return value
+        else:
+            raise InvalidInput(
+                f"'{where}' must be an integer class index, not {_describe(value)}.",
+                error_type="invalid_dtype",
+                where=where,
+            )
+    elif isinstance(value, int | float):
+        return float(value)
+    elif isinstance(value, str) and value in NON_FINITE_IN:
+        return NON_FINITE_IN[value]
+    elif isinstance(value, list):
+        raise InvalidInput(
+            f"'{where}' is an array where its siblings are numbers: the array is ragged.",
+            error_type="ragged_array",
+            where=where,
+        )
+    raise InvalidInput(
+        f'\'{where}\' must be a number (or "NaN", "Infinity", "-Infinity"), not {_describe(value)}.',
+        error_type="not_a_number",
+        where=where,
+    )
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, str):
+        return f"the string {value[:40]!r}"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    return repr(value)[:40]
+
+
+def encode(tensor: torch.Tensor, encoding: Encoding) -> Any:
+    """A tensor as something orjson writes as strict JSON (numpy arrays allowed)."""
+    tensor = tensor.detach()
+    if tensor.device.type != "cpu":
+        tensor = tensor.cpu()
+    if encoding == "base64":
+        return {
+            "shape": list(tensor.shape),
+            "dtype": DTYPE_NAMES[tensor.dtype],
+            "base64": base64.b64encode(tensor.contiguous().numpy().tobytes()).decode("ascii"),
+        }
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        return _with_non_finite_strings(tensor)
+    if tensor.dim() == 0:
+        return tensor.item()
+    return tensor.contiguous().numpy()
+
+
+def _with_non_finite_strings(tensor: torch.Tensor) -> Any:
+    """Nested lists with "NaN"/"Infinity"/"-Infinity" in place, finite values written as orjson
+    writes them for the tensor's own dtype (shortest float32 repr for float32)."""
+    values = tensor.numpy().ravel()
+    flat: list[Any] = orjson.loads(orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY))
+    for index in np.flatnonzero(~np.isfinite(values)).tolist():
+        value = float(values[index])
+        flat[index] = "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if tensor.dim() == 0:
+        return flat[0]
+    return np.array(flat, dtype=object).reshape(tensor.shape).tolist()
+
+
+def scalar_to_wire(value: float) -> float | str:
+    """A Python float for a response, with non-finite values as their contract strings."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    return value

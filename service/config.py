@@ -1,0 +1,95 @@
+"""Settings: one pydantic-settings model read from GRADIENT_* variables (and CLI options)."""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DevicePreference = str  # "auto", "cpu", "cuda" or "cuda:N"; checked below
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Nothing here touches the GPU or the disk at import time."""
+
+    model_config = SettingsConfigDict(env_prefix="GRADIENT_", extra="ignore", frozen=True)
+
+    host: str = Field("127.0.0.1", description="Address the server binds to.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port.")
+    workers: int = Field(1, ge=1, le=64, description="Worker processes.")
+    device: DevicePreference = Field(
+        "auto", description="What `device: auto` means: auto, cpu, cuda or cuda:N."
+    )
+    torch_threads: int = Field(
+        0, ge=0, le=256, description="Intra-op threads per worker; 0 = cores / workers."
+    )
+    max_body_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="Request body cap in bytes (413 above it)."
+    )
+    max_elements: int = Field(
+        10_000_000, ge=1, description="Cap on the elements of all tensors in one request."
+    )
+    max_jacobian_elements: int = Field(
+        4_000_000, ge=1, description="Cap on the entries of one Jacobian or Hessian."
+    )
+    max_steps: int = Field(
+        10_000_000, ge=1, description="Cap on optimisation steps x runs (inert until /v1/optimize)."
+    )
+    request_timeout_s: float = Field(
+        60.0, gt=0, description="Time budget of one request (inert until deadlines land)."
+    )
+    max_concurrency: int = Field(
+        0,
+        ge=0,
+        description="Computations at once per worker; 0 = one (torch ops already use every thread).",
+    )
+    max_queue: int = Field(64, ge=0, description="Computations allowed to wait for a slot.")
+    api_keys: str = Field("", description="Comma-separated API keys (inert until auth lands).")
+    cors_origins: str = Field("", description="Comma-separated allowed origins for browsers.")
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    log_format: Literal["json", "text"] = "text"
+    inline_compute_bytes: int = Field(
+        16 * 1024,
+        ge=0,
+        description="Bodies up to this size are computed on the event loop, skipping the thread hop.",
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value in {"auto", "cpu", "cuda"}:
+            return value
+        if value.startswith("cuda:") and value[5:].isdigit():
+            return value
+        raise ValueError("must be auto, cpu, cuda or cuda:N")
+
+    def effective_torch_threads(self) -> int:
+        """Threads per worker so that workers x threads never exceed the cores."""
+        if self.torch_threads:
+            return self.torch_threads
+        return max(1, (os.cpu_count() or 1) // self.workers)
+
+    def effective_max_concurrency(self) -> int:
+        """Concurrent computations per worker."""
+        return self.max_concurrency or 1
+
+    def api_key_list(self) -> list[str]:
+        return [key.strip() for key in self.api_keys.split(",") if key.strip()]
+
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
+
+    def public_limits(self) -> dict[str, int | float]:
+        """The limits a client may want to know, as reported by /v1/info."""
+        return {
+            "max_body_bytes": self.max_body_bytes,
+            "max_elements": self.max_elements,
+            "max_jacobian_elements": self.max_jacobian_elements,
+            "max_steps": self.max_steps,
+            "request_timeout_s": self.request_timeout_s,
+            "max_concurrency": self.effective_max_concurrency(),
+            "max_queue": self.max_queue,
+        }

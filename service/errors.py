@@ -1,0 +1,84 @@
+"""Domain exceptions, free of HTTP, and the one table that maps them to status codes.
+
+ServiceError
+├── InvalidInput        400  the input is well-formed JSON but makes no sense (ragged, wrong dtype, ...)
+│   └── DeviceUnavailable 400  cuda asked for and absent
+├── Unauthorized        401
+├── NotFound            404  unknown activation, loss, objective, optimizer
+├── LimitExceeded       413  a configured size limit is exceeded
+├── Overloaded          503  no compute slot and no room to wait (also GPU out of memory)
+└── DeadlineExceeded    504  the request's time budget ran out
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ServiceError(Exception):
+    """Base of every error the service reports on purpose."""
+
+    error_type = "service_error"
+
+    def __init__(self, message: str, *, error_type: str | None = None, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        if error_type is not None:
+            self.error_type = error_type
+        self.details = details
+
+    def body(self) -> dict[str, Any]:
+        """The contract's error body."""
+        return {"error": {"type": self.error_type, "message": self.message, **self.details}}
+
+
+class InvalidInput(ServiceError):
+    error_type = "invalid_input"
+
+
+class DeviceUnavailable(InvalidInput):
+    error_type = "device_unavailable"
+
+
+class Unauthorized(ServiceError):
+    error_type = "unauthorized"
+
+
+class NotFound(ServiceError):
+    error_type = "not_found"
+
+
+class LimitExceeded(ServiceError):
+    error_type = "limit_exceeded"
+
+
+class UnsupportedMediaType(ServiceError):
+    error_type = "unsupported_media_type"
+
+
+class Overloaded(ServiceError):
+    error_type = "overloaded"
+
+
+class DeadlineExceeded(ServiceError):
+    error_type = "deadline_exceeded"
+
+
+STATUS_CODES: dict[type[ServiceError], int] = {
+    InvalidInput: 400,
+    Unauthorized: 401,
+    NotFound: 404,
+    LimitExceeded: 413,
+    UnsupportedMediaType: 415,
+    Overloaded: 503,
+    DeadlineExceeded: 504,
+    ServiceError: 500,
+}
+
+
+def status_code_for(error: ServiceError) -> int:
+    """The HTTP status of an error: the entry of its nearest class in STATUS_CODES."""
+    for cls in type(error).__mro__:
+        if cls in STATUS_CODES:
+            return STATUS_CODES[cls]
+    return 500

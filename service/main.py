@@ -1,0 +1,84 @@
+"""The ASGI application: ``create_app(settings)`` builds one; ``service.main:app`` is the default."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import torch
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from service import __version__
+from service.api.errors import install_error_handlers
+from service.api.middleware import BodyLimitMiddleware
+from service.api.routes import ROUTERS
+from service.compute.activations import ACTIVATIONS, evaluate_activation
+from service.config import Settings
+
+DESCRIPTION = """Values and derivatives computed by PyTorch autograd, over HTTP.
+
+Tensors travel as JSON numbers, nested arrays (non-finite values as "NaN", "Infinity",
+"-Infinity") or base64 objects `{shape, dtype, base64}`. Every error body is
+`{"error": {"type", "message", ...}}`."""
+
+
+def warm_up() -> None:
+    """Exercise value, VJP, second derivative and Jacobian once, so that the first request does
+    not pay for loading kernels and torch.func."""
+    for name in ("sigmoid", "softmax"):
+        spec = ACTIVATIONS.get(name)
+        evaluate_activation(
+            spec,
+            torch.linspace(-1.0, 1.0, 4),
+            spec.defaults(),
+            second_order=spec.elementwise,
+            want_jacobian=True,
+            max_jacobian_elements=16,
+        )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the application from ``settings`` (read from GRADIENT_* variables when omitted)."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        torch.set_num_threads(settings.effective_torch_threads())
+        app.state.compute_limiter = anyio.CapacityLimiter(settings.effective_max_concurrency())
+        await anyio.to_thread.run_sync(warm_up)
+        app.state.readiness = "ready"
+        yield
+        app.state.readiness = "draining"
+
+    app = FastAPI(
+        title="Gradient Service",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.readiness = "starting"
+    for router in ROUTERS:
+        app.include_router(router)
+    install_error_handlers(app)
+    if settings.cors_origin_list():
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list(),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+        )
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    return app
+
+
+def __getattr__(name: str) -> Any:
+    """``service.main:app`` is built on first access, so importing this module reads no settings."""
+    if name == "app":
+        application = create_app()
+        globals()["app"] = application
+        return application
+    raise AttributeError(name)
