@@ -45,11 +45,16 @@ def main() -> None:
 
     values = torch.randn(args.elements, generator=torch.Generator().manual_seed(0))
     json_body = orjson.dumps({"input": values.tolist()})
-    encoded = {"shape": [args.elements], "dtype": "float32",
-               "base64": base64.b64encode(values.numpy().tobytes()).decode()}
+    encoded = {
+        "shape": [args.elements],
+        "dtype": "float32",
+        "base64": base64.b64encode(values.numpy().tobytes()).decode(),
+    }
     base64_body = orjson.dumps({"input": encoded, "encoding": "base64"})
-    print(f"{args.elements} float32 elements; JSON body {len(json_body) / 1e6:.1f} MB, "
-          f"base64 body {len(base64_body) / 1e6:.1f} MB; median of {args.repeats}")
+    print(
+        f"{args.elements} float32 elements; JSON body {len(json_body) / 1e6:.1f} MB, "
+        f"base64 body {len(base64_body) / 1e6:.1f} MB; median of {args.repeats}"
+    )
 
     env = {"GRADIENT_MAX_BODY_BYTES": str(256 * 1024 * 1024)}
     with (
@@ -78,8 +83,10 @@ def main() -> None:
         ("gradient-service, base64 in and out", b64_s),
     ]
     for label, seconds in rows:
-        print(f"{label:42s} {seconds:8.3f} s   {base_s / seconds:7.1f}x   "
-              f"(vs response-model baseline {typed_s / seconds:6.1f}x)")
+        print(
+            f"{label:42s} {seconds:8.3f} s   {base_s / seconds:7.1f}x   "
+            f"(vs response-model baseline {typed_s / seconds:6.1f}x)"
+        )
 
 
 if __name__ == "__main__":

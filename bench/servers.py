@@ -25,8 +25,17 @@ def uvicorn_server(app: str, env: dict[str, str] | None = None, ready_path: str 
     """Run ``uvicorn app`` on a free port with one worker; yield its base URL."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", app, "--port", str(port), "--log-level", "warning",
-         "--no-access-log"],
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            app,
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
         env={**os.environ, **(env or {})},
     )
     base = f"http://127.0.0.1:{port}"

@@ -4,11 +4,23 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api.jsonbody import ServiceHTTPError
 from service.api.responses import dump_json
+from service.errors import LimitExceeded
 
 
-class BodyTooLarge(Exception):
-    pass
+class BodyTooLarge(ServiceHTTPError):
+    """Raised from ``receive`` mid-stream; an HTTPException, so FastAPI's body reader lets it
+    through to the error handlers, and caught here for anything that reads bodies otherwise."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(body_too_large(limit))
+
+
+def body_too_large(limit: int) -> LimitExceeded:
+    return LimitExceeded(
+        f"The request body is over the limit of {limit} bytes.", error_type="body_too_large", limit=limit
+    )
 
 
 class BodyLimitMiddleware:
@@ -35,7 +47,7 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
-                    raise BodyTooLarge
+                    raise BodyTooLarge(self.limit)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -50,15 +62,7 @@ class BodyLimitMiddleware:
                 await self._reject(send)
 
     async def _reject(self, send: Send) -> None:
-        body = dump_json(
-            {
-                "error": {
-                    "type": "body_too_large",
-                    "message": f"The request body is over the limit of {self.limit} bytes.",
-                    "limit": self.limit,
-                }
-            }
-        )
+        body = dump_json(body_too_large(self.limit).body())
         await send(
             {
                 "type": "http.response.start",

@@ -62,12 +62,13 @@ def _activation(
 
 _activation("sigmoid", torch.sigmoid, "1 / (1 + exp(-x))")
 _activation("tanh", torch.tanh, "(exp(x) - exp(-x)) / (exp(x) + exp(-x)) = 2 sigmoid(2x) - 1")
-_activation("relu", F.relu, "max(0, x)")
+_activation("relu", F.relu, "max(0, x)", piecewise_linear=True)
 _activation(
     "leaky_relu",
     F.leaky_relu,
     "x if x >= 0 else negative_slope * x",
     Param("negative_slope", 0.01, "Slope for negative inputs."),
+    piecewise_linear=True,
     samples=(Sample(), Sample(params={"negative_slope": 0.2})),
 )
 _activation(
@@ -112,23 +113,25 @@ _activation(
     "clamp(x, min_val, max_val)",
     Param("min_val", -1.0, "Lower bound."),
     Param("max_val", 1.0, "Upper bound."),
+    piecewise_linear=True,
     samples=(Sample(), Sample(params={"min_val": -0.5, "max_val": 2.0})),
     check=check_hardtanh_bounds,
 )
-_activation("hardsigmoid", F.hardsigmoid, "clamp(x / 6 + 1 / 2, 0, 1)")
+_activation("hardsigmoid", F.hardsigmoid, "clamp(x / 6 + 1 / 2, 0, 1)", piecewise_linear=True)
 _activation("hardswish", F.hardswish, "x * clamp(x + 3, 0, 6) / 6")
-_activation("relu6", F.relu6, "min(max(0, x), 6)")
+_activation("relu6", F.relu6, "min(max(0, x), 6)", piecewise_linear=True)
 _activation("softsign", F.softsign, "x / (1 + |x|)")
 _activation("logsigmoid", F.logsigmoid, "log(1 / (1 + exp(-x)))")
 _activation("tanhshrink", F.tanhshrink, "x - tanh(x)")
 _activation("softshrink", F.softshrink, "x - lambd if x > lambd, x + lambd if x < -lambd, else 0", LAMBD)
-_activation("hardshrink", F.hardshrink, "x if |x| > lambd else 0", LAMBD)
+_activation("hardshrink", F.hardshrink, "x if |x| > lambd else 0", LAMBD, piecewise_linear=True)
 _activation(
     "threshold",
     F.threshold,
     "x if x > threshold else value",
     Param("threshold", 0.0, "Inputs at or below it are replaced."),
     Param("value", 0.0, "The replacement."),
+    piecewise_linear=True,
 )
 for _name, _fn, _formula in (
     ("softmax", F.softmax, "exp(x_i) / sum_j exp(x_j) along dim"),
@@ -179,7 +182,9 @@ def evaluate_activation(
 
     with torch_errors(spec.name):
         output, grad = value_and_vjp(fn, x, _checked_grad_output(grad_output, x, spec))
-        grad2 = elementwise_second_derivative(fn, x) if second_order else None
+        grad2 = None
+        if second_order:
+            grad2 = torch.zeros_like(x) if spec.piecewise_linear else elementwise_second_derivative(fn, x)
         jac = None
         if want_jacobian:
             check_jacobian_size(output.shape, x.shape, max_jacobian_elements)

@@ -59,6 +59,8 @@ class OpSpec:
     formula: str
     params: tuple[Param, ...] = ()
     elementwise: bool = True
+    piecewise_linear: bool = False
+    """f'' is zero wherever it exists (used where torch has no double backward, e.g. hardsigmoid)."""
     samples: tuple[Sample, ...] = (Sample(),)
     check: Callable[[torch.Tensor, Mapping[str, Any]], None] | None = None
     """Extra validation of the input against the params (raises InvalidInput)."""

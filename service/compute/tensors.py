@@ -118,6 +118,10 @@ def _convert(node: Any, counter: _BracketCounter) -> Any:
             if shape is not None:
                 counter.brackets += _brackets_of(shape)
                 return LazyArray(node, shape)
+            # Irregular: all of it goes to the exact walker, none of it lazy.
+            exact = node.as_list()
+            counter.brackets += _python_brackets(exact)
+            return exact
         counter.brackets += 1
         return [_convert(node[index], counter) for index in range(length)]
     if isinstance(node, str):
@@ -151,6 +155,15 @@ def _lazy_shape(array: simdjson.Array) -> tuple[int, ...] | None:
     if any(not isinstance(row, simdjson.Array) or len(row) != shape[-1] for row in rows):
         return None
     return tuple(shape)
+
+
+def _python_brackets(value: Any) -> int:
+    """How many ``[`` the JSON text of a converted value holds (arrays, keys and strings)."""
+    if isinstance(value, list):
+        return 1 + sum(_python_brackets(item) for item in value)
+    if isinstance(value, dict):
+        return sum(key.count("[") + _python_brackets(item) for key, item in value.items())
+    return value.count("[") if isinstance(value, str) else 0
 
 
 def _brackets_of(shape: tuple[int, ...]) -> int:
@@ -272,7 +285,10 @@ def _decode_lazy(lazy: LazyArray, where: str, kind: Kind) -> torch.Tensor:
         buffer = lazy.array.as_buffer(of_type="i" if kind == "index" else "d")
     except (TypeError, ValueError):
         buffer = None  # a string, bool, null or out-of-range number: let the walker say where
-    if buffer is not None and memoryview(buffer).nbytes == 8 * math.prod(lazy.shape):
+    count = math.prod(lazy.shape)
+    if count == 0:
+        return torch.empty(lazy.shape, dtype=torch.int64 if kind == "index" else torch.float64)
+    if buffer is not None and memoryview(buffer).nbytes == 8 * count:
         flat = torch.frombuffer(buffer, dtype=torch.int64 if kind == "index" else torch.float64)
         return flat.reshape(lazy.shape)
     return _decode_nested(lazy.array.as_list(), where, kind)

@@ -1,0 +1,194 @@
+"""POST /v1/activations/{name} and the catalog, generated from the registry, plus every bad input
+pinned to its status code and error type."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+import torch
+
+from service.compute.activations import ACTIVATIONS
+from service.compute.registry import OpSpec, Sample
+from tests.compute.test_activations import CASES, CONTRACT_NAMES, params_of, sample_input
+from tests.conftest import AppClient, ClientFactory
+from tests.helpers import assert_error, from_wire, to_base64
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def reference(spec: OpSpec, x: torch.Tensor, params: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    leaf = x.clone().requires_grad_(True)
+    output = spec.fn(leaf, **params)
+    output.backward(torch.ones_like(output))
+    assert leaf.grad is not None
+    return output.detach(), leaf.grad
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize(("spec", "sample"), CASES)
+def test_values_and_grads_equal_torch(client: AppClient, spec: OpSpec, sample: Sample, dtype: str) -> None:
+    x = sample_input(sample).to(DTYPES[dtype])
+    params = params_of(spec, sample)
+    body = {"input": x.tolist(), "params": dict(sample.params), "dtype": dtype, "jacobian": True}
+    response = client.post(f"/v1/activations/{spec.name}", json=body)
+    assert response.status_code == 200, response.text
+    data = response.json()
+    output, grad = reference(spec, x, params)
+    assert torch.equal(from_wire(data["output"], DTYPES[dtype]), output)
+    assert torch.equal(from_wire(data["grad"], DTYPES[dtype]), grad)
+    expected_jacobian = torch.autograd.functional.jacobian(lambda t: spec.fn(t, **params), x)
+    torch.testing.assert_close(from_wire(data["jacobian"], DTYPES[dtype]), expected_jacobian)
+    assert data["meta"]["device"] == "cpu" and data["meta"]["dtype"] == dtype
+    assert data["grad2"] is None
+
+
+@pytest.mark.parametrize("spec", [spec for spec in ACTIVATIONS if spec.elementwise], ids=lambda s: s.name)
+def test_second_order_in_base64(client: AppClient, spec: OpSpec) -> None:
+    x = torch.linspace(-4, 4, 7, dtype=torch.float64) + 0.1
+    body = {"input": to_base64(x), "dtype": "float64", "encoding": "base64", "second_order": True}
+    response = client.post(f"/v1/activations/{spec.name}", json=body)
+    assert response.status_code == 200, response.text
+    data = response.json()
+    assert data["output"]["dtype"] == "float64" and data["output"]["shape"] == [7]
+    output, grad = reference(spec, x, spec.defaults())
+    assert torch.equal(from_wire(data["output"]), output)
+    assert torch.equal(from_wire(data["grad"]), grad)
+    assert from_wire(data["grad2"]).shape == x.shape
+
+
+def test_grad_output_gives_the_vjp(client: AppClient) -> None:
+    x = torch.tensor([[0.5, -1.0, 2.0]], dtype=torch.float64)
+    g = torch.tensor([[1.0, 2.0, -3.0]], dtype=torch.float64)
+    body = {"input": x.tolist(), "grad_output": g.tolist(), "dtype": "float64", "params": {"dim": 1}}
+    data = client.post("/v1/activations/log_softmax", json=body).json()
+    leaf = x.clone().requires_grad_(True)
+    torch.nn.functional.log_softmax(leaf, dim=1).backward(g)
+    assert leaf.grad is not None
+    assert torch.equal(from_wire(data["grad"]), leaf.grad)
+
+
+def test_seed_softmax_jacobian(client: AppClient) -> None:
+    a = [0.2, 0.5, 0.9]
+    data = client.post(
+        "/v1/activations/softmax",
+        json={"input": a, "params": {"dim": 0}, "jacobian": True, "dtype": "float64"},
+    ).json()
+    leaf = torch.tensor(a, dtype=torch.float64, requires_grad=True)
+    (row,) = torch.autograd.grad(torch.nn.functional.softmax(leaf, dim=0)[1], [leaf])
+    torch.testing.assert_close(from_wire(data["jacobian"])[1], row)
+
+
+def test_non_finite_values_travel_as_strings(client: AppClient) -> None:
+    body = {"input": ["NaN", "Infinity", "-Infinity", 0.0], "second_order": True}
+    response = client.post("/v1/activations/sigmoid", json=body)
+    assert b"NaN," in response.content or b'"NaN"' in response.content
+    data = orjson.loads(response.content)  # strict JSON: orjson refuses bare NaN tokens
+    assert data["output"] == ["NaN", 1.0, 0.0, 0.5]
+    assert data["grad"][0] == "NaN"
+
+
+def test_catalog_lists_every_registered_activation(client: AppClient) -> None:
+    data = client.get("/v1/activations").json()
+    names = [item["name"] for item in data["activations"]]
+    assert names == [spec.name for spec in ACTIVATIONS]
+    assert set(CONTRACT_NAMES) <= set(names)
+    by_name = {item["name"]: item for item in data["activations"]}
+    assert by_name["softmax"]["elementwise"] is False
+    assert by_name["leaky_relu"]["params"]["properties"]["negative_slope"]["default"] == 0.01
+    assert by_name["gelu"]["params"]["properties"]["approximate"]["enum"] == ["none", "tanh"]
+    assert all(item["formula"] for item in data["activations"])
+
+
+BAD_REQUESTS: list[tuple[str, Any, int, str]] = [
+    ("sigmoid", {"input": [[1, 2], [3]]}, 400, "ragged_array"),
+    ("sigmoid", {"input": [1, "x"]}, 400, "not_a_number"),
+    ("sigmoid", {"input": [1, True]}, 400, "not_a_number"),
+    ("sigmoid", {"input": {"shape": [3], "dtype": "float32", "base64": "AAAA"}}, 400, "invalid_base64"),
+    ("sigmoid", {"input": {"shape": [1], "dtype": "float32", "base64": "@@@@"}}, 400, "invalid_base64"),
+    ("sigmoid", {"input": {"shape": [1], "dtype": "bf16", "base64": "AAAA"}}, 400, "invalid_tensor"),
+    ("sigmoid", {"input": [1], "grad_output": [1, 2]}, 400, "shape_mismatch"),
+    ("softmax", {"input": [1, 2], "second_order": True}, 400, "not_elementwise"),
+    ("softmax", {"input": [1, 2], "params": {"dim": 1}}, 400, "invalid_param"),
+    ("hardtanh", {"input": [1], "params": {"min_val": 2, "max_val": 1}}, 400, "invalid_param"),
+    ("nope", {"input": [1]}, 404, "unknown_activation"),
+    ("sigmoid", {}, 422, "validation_error"),
+    ("sigmoid", {"input": [1], "dtype": "float16"}, 422, "validation_error"),
+    ("sigmoid", {"input": [1], "dtype": "int64"}, 422, "validation_error"),
+    ("sigmoid", {"input": [1], "device": "tpu"}, 422, "validation_error"),
+    ("sigmoid", {"input": [1], "encoding": "hex"}, 422, "validation_error"),
+    ("sigmoid", {"input": [1], "second_order": "yes"}, 422, "validation_error"),
+    ("sigmoid", {"input": [1], "unknown": 1}, 422, "validation_error"),
+    ("sigmoid", {"input": [1], "params": {"alpha": 1}}, 422, "validation_error"),
+    ("elu", {"input": [1], "params": {"alpha": "big"}}, 422, "validation_error"),
+    ("gelu", {"input": [1], "params": {"approximate": "fast"}}, 422, "validation_error"),
+    ("softplus", {"input": [1], "params": {"beta": 0}}, 422, "validation_error"),
+    ("softmax", {"input": [1], "params": {"dim": 0.5}}, 422, "validation_error"),
+]
+
+
+@pytest.mark.parametrize(("name", "body", "status", "error_type"), BAD_REQUESTS)
+def test_bad_requests(client: AppClient, name: str, body: Any, status: int, error_type: str) -> None:
+    assert_error(client.post(f"/v1/activations/{name}", json=body), status, error_type)
+
+
+def test_validation_errors_list_locations_without_echoing_input(client: AppClient) -> None:
+    error = assert_error(
+        client.post("/v1/activations/elu", json={"input": [1], "params": {"alpha": "x"}}),
+        422,
+        "validation_error",
+    )
+    assert error["errors"][0]["loc"] == ["body", "params", "alpha"]
+    assert "input" not in error["errors"][0]
+
+
+def test_malformed_json(client: AppClient) -> None:
+    response = client.post(
+        "/v1/activations/sigmoid", content=b'{"input": [1,', headers={"content-type": "application/json"}
+    )
+    assert "position" in assert_error(response, 400, "invalid_json")
+
+
+def test_body_that_is_not_json(client: AppClient) -> None:
+    response = client.post("/v1/activations/sigmoid", content=b"input=1")
+    assert_error(response, 415, "unsupported_media_type")
+
+
+def test_unknown_route_and_method(client: AppClient) -> None:
+    assert_error(client.get("/v2/nothing"), 404, "not_found")
+    assert_error(client.request("DELETE", "/v1/activations"), 405, "method_not_allowed")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this server has a GPU")
+@pytest.mark.parametrize("device", ["cuda", "cuda:0", "cuda:3"])
+def test_cuda_asked_for_but_absent(client: AppClient, device: str) -> None:
+    error = assert_error(
+        client.post("/v1/activations/relu", json={"input": [1], "device": device}), 400, "device_unavailable"
+    )
+    assert error["available"] == ["cpu"]
+
+
+def test_limits(make_client: ClientFactory) -> None:
+    limited = make_client(max_elements=10, max_jacobian_elements=16, max_body_bytes=2048)
+    ok = limited.post("/v1/activations/relu", json={"input": [1.0] * 10})
+    assert ok.status_code == 200
+    over = limited.post("/v1/activations/relu", json={"input": [1.0] * 6, "grad_output": [1.0] * 6})
+    assert assert_error(over, 413, "too_many_elements")["limit"] == 10
+    jacobian = limited.post("/v1/activations/relu", json={"input": [1.0] * 5, "jacobian": True})
+    assert_error(jacobian, 413, "jacobian_too_large")
+    body = limited.post("/v1/activations/relu", json={"input": [1.0] * 1000})
+    assert_error(body, 413, "body_too_large")
+
+
+def test_chunked_body_over_the_limit(make_client: ClientFactory) -> None:
+    limited = make_client(max_body_bytes=4096)
+
+    async def chunks() -> Any:
+        for _ in range(10):
+            yield b" " * 1024
+
+    response = limited.post(
+        "/v1/activations/relu", content=chunks(), headers={"content-type": "application/json"}
+    )
+    assert_error(response, 413, "body_too_large")

@@ -1,0 +1,67 @@
+"""Shared fixtures: an app built from explicit settings, and a synchronous httpx client that
+drives it in-process (lifespan included) through httpx's ASGI transport."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from functools import partial
+from typing import Any
+
+import anyio.from_thread
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from service.config import Settings
+from service.main import create_app
+
+
+class AppClient:
+    """httpx against an ASGI app, on an event loop in a background thread."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self._stack = contextlib.ExitStack()
+        self._portal = self._stack.enter_context(anyio.from_thread.start_blocking_portal())
+        self._stack.enter_context(self._portal.wrap_async_context_manager(app.router.lifespan_context(app)))
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        self._client = httpx.AsyncClient(transport=transport, base_url="http://testserver")
+        self.app = app
+
+    def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        response: httpx.Response = self._portal.call(partial(self._client.request, method, url, **kwargs))
+        return response
+
+    def get(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("GET", url, **kwargs)
+
+    def post(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("POST", url, **kwargs)
+
+    def close(self) -> None:
+        self._portal.call(self._client.aclose)
+        self._stack.close()
+
+
+ClientFactory = Callable[..., AppClient]
+
+
+@pytest.fixture
+def make_client() -> Iterator[ClientFactory]:
+    """Build a client for an app with the given setting overrides."""
+    clients: list[AppClient] = []
+
+    def factory(**overrides: Any) -> AppClient:
+        clients.append(AppClient(create_app(Settings(**overrides))))
+        return clients[-1]
+
+    yield factory
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def client() -> Iterator[AppClient]:
+    app_client = AppClient(create_app(Settings()))
+    yield app_client
+    app_client.close()

@@ -1,0 +1,48 @@
+"""Helpers the tests share: wire <-> torch and error-body checks."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import httpx
+import torch
+
+NON_FINITE = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
+WIRE_DTYPE = {"float32": torch.float32, "float64": torch.float64, "int64": torch.int64}
+
+
+def from_wire(value: Any, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """A response tensor (nested lists with non-finite strings, or a base64 object) as torch."""
+    if isinstance(value, dict):
+        raw = bytearray(base64.b64decode(value["base64"]))
+        wire_dtype = WIRE_DTYPE[value["dtype"]]
+        if not raw:
+            return torch.empty(value["shape"], dtype=wire_dtype)
+        return torch.frombuffer(raw, dtype=wire_dtype).reshape(value["shape"])
+    return torch.tensor(_replace_strings(value), dtype=dtype)
+
+
+def _replace_strings(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_replace_strings(item) for item in value]
+    if isinstance(value, str):
+        return NON_FINITE[value]
+    return value
+
+
+def to_base64(tensor: torch.Tensor) -> dict[str, Any]:
+    name = {v: k for k, v in WIRE_DTYPE.items()}[tensor.dtype]
+    raw = tensor.contiguous().numpy().tobytes()
+    return {"shape": list(tensor.shape), "dtype": name, "base64": base64.b64encode(raw).decode()}
+
+
+def assert_error(response: httpx.Response, status: int, error_type: str) -> dict[str, Any]:
+    """The response has the status and the contract's error body with the given type."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}, body
+    assert body["error"]["type"] == error_type, body
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"], body
+    error: dict[str, Any] = body["error"]
+    return error
