@@ -21,8 +21,28 @@ CASES = [
 
 
 CONTRACT_NAMES = tuple(
-    "sigmoid tanh relu leaky_relu selu softplus elu celu gelu silu mish hardtanh hardsigmoid "
-    "hardswish relu6 softsign logsigmoid tanhshrink softmax log_softmax".split()
+    [
+        "sigmoid",
+        "tanh",
+        "relu",
+        "leaky_relu",
+        "selu",
+        "softplus",
+        "elu",
+        "celu",
+        "gelu",
+        "silu",
+        "mish",
+        "hardtanh",
+        "hardsigmoid",
+        "hardswish",
+        "relu6",
+        "softsign",
+        "logsigmoid",
+        "tanhshrink",
+        "softmax",
+        "log_softmax",
+    ]
 )
 ELEMENTWISE_CASES = [
     pytest.param(spec, sample, id=f"{spec.name}-{index}")
