@@ -7,6 +7,7 @@ import os
 from collections.abc import Sequence
 
 import uvicorn
+from pydantic import ValidationError
 
 from service.config import Settings
 
@@ -29,12 +30,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     # Options become environment variables so that every worker process sees the same settings.
     for name, value in vars(args).items():
         if value is not None:
             os.environ[f"GRADIENT_{name.upper()}"] = value
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        parser.error(str(exc))
     uvicorn.run(
         "service.main:app",
         host=settings.host,

@@ -1,0 +1,111 @@
+"""End to end: the real console entry point serving on a real socket through uvicorn."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+from tests.helpers import assert_error, from_wire, to_base64
+
+pytestmark = pytest.mark.e2e
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+Server = tuple[str, subprocess.Popen[bytes], Path]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    port = free_port()
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    env = {**os.environ, "GRADIENT_MAX_BODY_BYTES": "100000", "GRADIENT_TORCH_THREADS": "1"}
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service", "--port", str(port)],
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert process.poll() is None, "the server exited during start-up"
+        assert time.monotonic() < deadline, "the server did not become ready within 60 s"
+        time.sleep(0.2)
+    yield base, process, log
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+def test_probes_and_info(server: Server) -> None:
+    base, *_ = server
+    assert httpx.get(f"{base}/healthz").json() == {"status": "ok"}
+    info = httpx.get(f"{base}/v1/info").json()
+    assert info["limits"]["max_body_bytes"] == 100000
+
+
+def test_activation_json_and_base64(server: Server) -> None:
+    base, *_ = server
+    x = torch.linspace(-3, 3, 50)
+    data = httpx.post(f"{base}/v1/activations/tanh", json={"input": x.tolist(), "second_order": True}).json()
+    t = torch.tanh(x)
+    assert torch.equal(from_wire(data["output"], torch.float32), t)
+    torch.testing.assert_close(from_wire(data["grad"], torch.float32), 1 - t * t)
+    encoded = httpx.post(
+        f"{base}/v1/activations/tanh", json={"input": to_base64(x), "encoding": "base64"}
+    ).json()
+    assert torch.equal(from_wire(encoded["output"]), t)
+
+
+def test_errors_over_the_wire(server: Server) -> None:
+    base, *_ = server
+    assert_error(
+        httpx.post(f"{base}/v1/activations/tanh", json={"input": [[1], [2, 3]]}), 400, "ragged_array"
+    )
+    assert_error(httpx.get(f"{base}/nowhere"), 404, "not_found")
+    too_big = httpx.post(f"{base}/v1/activations/tanh", json={"input": [0.5] * 50_000})
+    assert_error(too_big, 413, "body_too_large")
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"input": ['
+        for _ in range(100):
+            yield b"0.5," * 1000
+        yield b"0.5]}"
+
+    chunked = httpx.post(
+        f"{base}/v1/activations/tanh", content=chunks(), headers={"content-type": "application/json"}
+    )
+    assert_error(chunked, 413, "body_too_large")
+    assert httpx.get(f"{base}/healthz").status_code == 200
+
+
+def test_sigterm_stops_the_server_cleanly(server: Server) -> None:
+    _, process, log = server
+    process.send_signal(signal.SIGTERM)
+    # uvicorn shuts down gracefully, then re-raises the signal it caught.
+    assert process.wait(timeout=30) in (0, -signal.SIGTERM)
+    text = log.read_text()
+    assert "Application shutdown complete" in text
+    assert "Traceback" not in text
