@@ -47,3 +47,9 @@ def test_openapi_documents_error_bodies(client: AppClient) -> None:
     schema = client.get("/openapi.json").json()
     responses = schema["paths"]["/v1/activations/{name}"]["post"]["responses"]
     assert {"200", "400", "404", "413", "422"} <= set(responses)
+
+
+def test_info_with_an_absent_configured_gpu(make_client: ClientFactory) -> None:
+    data = make_client(device="cuda:7").get("/v1/info").json()
+    expected = "cuda:7" if torch.cuda.device_count() > 7 else "cuda:7 (configured, but not available)"
+    assert data["default_device"] == expected

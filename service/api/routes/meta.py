@@ -13,6 +13,7 @@ from service.api.responses import JSONBytesResponse
 from service.api.schemas import Health, Info, Readiness
 from service.compute.runtime import available_devices, resolve_device
 from service.compute.tensors import FLOAT_DTYPES
+from service.errors import DeviceUnavailable
 
 router = APIRouter(tags=["service"])
 
@@ -33,6 +34,13 @@ async def readyz(request: Request) -> JSONBytesResponse:
     return JSONBytesResponse({"status": state}, status_code=200 if state == "ready" else 503)
 
 
+def _default_device(preference: str) -> str:
+    try:
+        return str(resolve_device("auto", preference))
+    except DeviceUnavailable:
+        return f"{preference} (configured, but not available)"
+
+
 @router.get("/v1/info", summary="Versions, devices, defaults and limits")
 def info(settings: SettingsDep) -> Info:
     return Info(
@@ -41,7 +49,7 @@ def info(settings: SettingsDep) -> Info:
         torch_version=torch.__version__,
         python_version=platform.python_version(),
         devices=available_devices(),
-        default_device=str(resolve_device("auto", settings.device)),
+        default_device=_default_device(settings.device),
         dtypes=list(FLOAT_DTYPES),
         encodings=["json", "base64"],
         limits=settings.public_limits(),
