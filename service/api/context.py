@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from service.api.schemas import ComputeRequest, params_model
 from service.compute import tensors
-from service.compute.registry import OpSpec
+from service.compute.registry import NamedSpec
 from service.compute.runtime import resolve_device
 from service.config import Settings
 
@@ -41,8 +41,23 @@ class ComputeContext:
             value, where=where, dtype=self.dtype, device=self.device, budget=self.budget, kind=kind
         )
 
-    def optional_tensor(self, value: Any, where: str) -> torch.Tensor | None:
-        return None if value is None else self.tensor(value, where)
+    def optional_tensor(
+        self, value: Any, where: str, dtype: torch.dtype | None = None
+    ) -> torch.Tensor | None:
+        if value is None:
+            return None
+        return tensors.decode(
+            value, where=where, dtype=dtype or self.dtype, device=self.device, budget=self.budget
+        )
+
+    def tensor_params(self, spec: NamedSpec, params: dict[str, Any]) -> dict[str, Any]:
+        """``params`` with its tensor-valued entries (such as pos_weight) decoded."""
+        return {
+            param.name: self.optional_tensor(params[param.name], f"params.{param.name}")
+            if param.tensor
+            else params[param.name]
+            for param in spec.params
+        }
 
     def wire(self, tensor: torch.Tensor | None) -> Any:
         return None if tensor is None else tensors.encode(tensor, self.encoding)
@@ -55,7 +70,7 @@ class ComputeContext:
         }
 
 
-def validate_params(spec: OpSpec, params: dict[str, Any]) -> dict[str, Any]:
+def validate_params(spec: NamedSpec, params: dict[str, Any]) -> dict[str, Any]:
     """An op's params checked against its registry entry; failures are the usual 422."""
     try:
         return params_model(spec).model_validate(params).model_dump()

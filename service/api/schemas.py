@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, create_model
 
-from service.compute.registry import OpSpec, Param
+from service.compute.registry import NamedSpec, Param
 
 NON_FINITE_SCHEMA: dict[str, Any] = {"type": "string", "enum": ["NaN", "Infinity", "-Infinity"]}
 ENCODED_TENSOR_SCHEMA: dict[str, Any] = {
@@ -107,6 +107,56 @@ class ActivationCatalog(BaseModel):
     activations: list[ActivationInfo]
 
 
+class LossRequest(ComputeRequest):
+    input: Tensor = Field(description="Predictions: logits, probabilities or values, per the loss.")
+    target: Tensor | None = Field(
+        None, description="Class indices or float targets (see the loss's `target` in GET /v1/losses)."
+    )
+    weight: Tensor | None = Field(
+        None, description="Class weights [C] (cross_entropy, nll) or elementwise weights (BCE)."
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="reduction and the loss's own options (see GET /v1/losses)."
+    )
+    grad_output: Tensor | None = Field(
+        None, description="Cotangent of the loss (its shape); ones when omitted."
+    )
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"input": [[2.0, 1.0, 0.1]], "target": [0]},
+                {"input": [0.5, 1.5], "target": [1.0, 1.0], "params": {"reduction": "sum"}},
+                {"input": [0.25, 0.25, 0.5], "params": {"base": "2"}},
+            ]
+        }
+    )
+
+
+class LossGrads(BaseModel):
+    input: TensorOut | None
+    target: TensorOut | None = Field(description="null where torch cannot differentiate the target.")
+    weight: TensorOut | None = Field(description="null without a weight, or where torch cannot.")
+
+
+class LossResponse(BaseModel):
+    loss: TensorOut
+    grad: LossGrads
+    meta: Meta
+
+
+class LossInfo(BaseModel):
+    name: str
+    formula: str
+    params: dict[str, Any] = Field(description="JSON schema of the params object.")
+    target: Literal["float", "index", "float_or_index", "none"]
+    weight: Literal["class", "elementwise", "none"]
+
+
+class LossCatalog(BaseModel):
+    losses: list[LossInfo]
+
+
 class ErrorDetail(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -141,7 +191,7 @@ class Info(BaseModel):
 
 
 @cache
-def params_model(spec: OpSpec) -> type[BaseModel]:
+def params_model(spec: NamedSpec) -> type[BaseModel]:
     """A strict pydantic model of one op's params, built from its registry entry."""
     fields: dict[str, Any] = {param.name: _param_field(param) for param in spec.params}
     return create_model(
@@ -152,12 +202,18 @@ def params_model(spec: OpSpec) -> type[BaseModel]:
 
 
 def _param_field(param: Param) -> tuple[Any, Any]:
-    annotation: Any = Literal[param.choices] if param.choices else param.python_type
+    annotation: Any
+    if param.tensor:
+        annotation = Tensor | None
+    elif param.choices:
+        annotation = Literal[param.choices]
+    else:
+        annotation = param.python_type
     constraints = {
         key: getattr(param, key) for key in ("ge", "gt", "le", "lt") if getattr(param, key) is not None
     }
     return annotation, Field(param.default, description=param.description, **constraints)
 
 
-def params_schema(spec: OpSpec) -> dict[str, Any]:
+def params_schema(spec: NamedSpec) -> dict[str, Any]:
     return params_model(spec).model_json_schema()

@@ -19,7 +19,7 @@ from service.compute.registry import OpSpec, Param, Registry, Sample
 from service.compute.runtime import torch_errors
 from service.errors import InvalidInput
 
-ACTIVATIONS = Registry("activation")
+ACTIVATIONS: Registry[OpSpec] = Registry("activation")
 
 DIM = Param("dim", -1, "Dimension along which the normalisation runs.")
 LAMBD = Param("lambd", 0.5, "Half-width of the zero band.", ge=0.0)
@@ -49,7 +49,6 @@ def _activation(
     ACTIVATIONS.register(
         OpSpec(
             name=name,
-            kind="activation",
             fn=fn,
             formula=formula,
             params=params,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Generic, Protocol, TypeVar
 
 import torch
 
@@ -22,13 +22,15 @@ class Param:
     """One keyword parameter of an op, with its default and the values it may take."""
 
     name: str
-    default: ParamValue
+    default: ParamValue | None
     description: str = ""
     choices: tuple[str, ...] | None = None
     ge: float | None = None
     gt: float | None = None
     le: float | None = None
     lt: float | None = None
+    tensor: bool = False
+    """A tensor-valued parameter (such as pos_weight), decoded like any request tensor."""
 
     @property
     def python_type(self) -> type:
@@ -44,9 +46,6 @@ class Sample:
     values: tuple[float, ...] | None = None
 
 
-OpKind = Literal["activation", "loss"]
-
-
 @dataclass(frozen=True, eq=False)
 class OpSpec:
     """A registered op: ``fn(input, **params)`` in torch, documented and testable."""
@@ -54,7 +53,6 @@ class OpSpec:
     # eq=False: an entry is hashed by identity, so per-op caches can key on it.
 
     name: str
-    kind: OpKind
     fn: Callable[..., torch.Tensor]
     formula: str
     params: tuple[Param, ...] = ()
@@ -65,29 +63,44 @@ class OpSpec:
     check: Callable[[torch.Tensor, Mapping[str, Any]], None] | None = None
     """Extra validation of the input against the params (raises InvalidInput)."""
 
-    def defaults(self) -> dict[str, ParamValue]:
-        return {param.name: param.default for param in self.params}
+    def defaults(self) -> dict[str, ParamValue | None]:
+        return defaults(self.params)
 
     def __call__(self, tensor: torch.Tensor, **params: Any) -> torch.Tensor:
         return self.fn(tensor, **params)
 
 
-class Registry:
-    """Named OpSpecs of one kind, in registration order."""
+def defaults(params: tuple[Param, ...]) -> dict[str, ParamValue | None]:
+    return {param.name: param.default for param in params}
 
-    def __init__(self, kind: OpKind) -> None:
+
+class NamedSpec(Protocol):
+    def __hash__(self) -> int: ...
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def params(self) -> tuple[Param, ...]: ...
+
+
+SpecT = TypeVar("SpecT", bound=NamedSpec)
+
+
+class Registry(Generic[SpecT]):
+    """Named specs of one kind ("activation", "loss", ...), in registration order."""
+
+    def __init__(self, kind: str) -> None:
         self.kind = kind
-        self._specs: dict[str, OpSpec] = {}
+        self._specs: dict[str, SpecT] = {}
 
-    def register(self, spec: OpSpec) -> OpSpec:
-        if spec.kind != self.kind:
-            raise ValueError(f"{spec.name} is a {spec.kind}, not a {self.kind}")
+    def register(self, spec: SpecT) -> SpecT:
         if spec.name in self._specs:
             raise ValueError(f"{self.kind} {spec.name} is registered twice")
         self._specs[spec.name] = spec
         return spec
 
-    def get(self, name: str) -> OpSpec:
+    def get(self, name: str) -> SpecT:
         try:
             return self._specs[name]
         except KeyError:
@@ -97,7 +110,7 @@ class Registry:
                 known=list(self._specs),
             ) from None
 
-    def __iter__(self) -> Iterator[OpSpec]:
+    def __iter__(self) -> Iterator[SpecT]:
         return iter(self._specs.values())
 
     def __len__(self) -> int:

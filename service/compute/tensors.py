@@ -397,7 +397,7 @@ def encode(tensor: torch.Tensor, encoding: Encoding) -> Any:
     if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
         return _with_non_finite_strings(tensor)
     if tensor.dim() == 0:
-        return tensor.item()
+        return tensor.numpy()[()]  # a numpy scalar, which orjson writes in its own precision
     return tensor.contiguous().numpy()
 
 

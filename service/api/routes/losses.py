@@ -1,0 +1,78 @@
+"""GET /v1/losses and POST /v1/losses/{name}."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import torch
+from fastapi import APIRouter, Path, Request
+
+from service.api.context import ComputeContext, validate_params
+from service.api.deps import SettingsDep
+from service.api.dispatch import run_compute
+from service.api.jsonbody import FastJSONRoute
+from service.api.responses import JSONBytesResponse, dump_json
+from service.api.routes.common import ERROR_RESPONSES
+from service.api.schemas import LossCatalog, LossInfo, LossRequest, LossResponse, params_schema
+from service.compute.losses import LOSSES, evaluate_loss
+
+router = APIRouter(prefix="/v1/losses", tags=["losses"], route_class=FastJSONRoute)
+
+LossName = Annotated[
+    str,
+    Path(
+        description="A name from GET /v1/losses.",
+        json_schema_extra={"enum": [spec.name for spec in LOSSES]},
+    ),
+]
+
+
+@router.get("", summary="List the losses, their formulas, parameters and targets")
+def list_losses() -> LossCatalog:
+    return LossCatalog(
+        losses=[
+            LossInfo(
+                name=spec.name,
+                formula=spec.formula,
+                params=params_schema(spec),
+                target=spec.target,
+                weight=spec.weight,
+            )
+            for spec in LOSSES
+        ]
+    )
+
+
+@router.post(
+    "/{name}",
+    summary="Evaluate a loss with its gradients w.r.t. input, target and weight",
+    response_class=JSONBytesResponse,
+    responses={200: {"model": LossResponse}, **ERROR_RESPONSES},
+)
+async def loss(
+    name: LossName, body: LossRequest, request: Request, settings: SettingsDep
+) -> JSONBytesResponse:
+    spec = LOSSES.get(name)
+    params = validate_params(spec, body.params)
+
+    def job() -> bytes:
+        ctx = ComputeContext.of(body, settings)
+        # Class indices are read in float64, exact up to 2**53, then checked and made int64.
+        target_dtype = ctx.dtype if spec.target == "float" else torch.float64
+        result = evaluate_loss(
+            spec,
+            ctx.tensor(body.input, "input"),
+            ctx.optional_tensor(body.target, "target", target_dtype),
+            ctx.optional_tensor(body.weight, "weight"),
+            ctx.tensor_params(spec, params),
+            grad_output=ctx.optional_tensor(body.grad_output, "grad_output"),
+        )
+        return dump_json(
+            {
+                "loss": ctx.wire(result.loss),
+                "grad": {name: ctx.wire(grad) for name, grad in result.grads.items()},
+                "meta": ctx.meta(),
+            }
+        )
+
+    return JSONBytesResponse(await run_compute(request, job))
