@@ -19,27 +19,13 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address the server binds to.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port.")
     workers: int = Field(1, ge=1, le=64, description="Worker processes.")
-    device: DevicePreference = Field(
-        "auto", description="What `device: auto` means: auto, cpu, cuda or cuda:N."
-    )
-    torch_threads: int = Field(
-        0, ge=0, le=256, description="Intra-op threads per worker; 0 = cores / workers."
-    )
-    max_body_bytes: int = Field(
-        64 * 1024 * 1024, ge=1024, description="Request body cap in bytes (413 above it)."
-    )
-    max_elements: int = Field(
-        10_000_000, ge=1, description="Cap on the elements of all tensors in one request."
-    )
-    max_jacobian_elements: int = Field(
-        4_000_000, ge=1, description="Cap on the entries of one Jacobian or Hessian."
-    )
-    max_steps: int = Field(
-        10_000_000, ge=1, description="Cap on optimisation steps x runs (inert until /v1/optimize)."
-    )
-    request_timeout_s: float = Field(
-        60.0, gt=0, description="Time budget of one request (inert until deadlines land)."
-    )
+    device: DevicePreference = Field("auto", description="What `device: auto` means: auto, cpu, cuda or cuda:N.")
+    torch_threads: int = Field(0, ge=0, le=256, description="Intra-op threads per worker; 0 = cores / workers.")
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Request body cap in bytes (413 above it).")
+    max_elements: int = Field(10_000_000, ge=1, description="Cap on the elements of all tensors in one request.")
+    max_jacobian_elements: int = Field(4_000_000, ge=1, description="Cap on the entries of one Jacobian or Hessian.")
+    max_steps: int = Field(10_000_000, ge=1, description="Cap on optimisation steps x runs (inert until /v1/optimize).")
+    request_timeout_s: float = Field(60.0, gt=0, description="Time budget of one request (inert until deadlines land).")
     max_concurrency: int = Field(
         0,
         ge=0,

@@ -37,18 +37,12 @@ class ComputeContext:
         )
 
     def tensor(self, value: Any, where: str, kind: tensors.Kind = "float") -> torch.Tensor:
-        return tensors.decode(
-            value, where=where, dtype=self.dtype, device=self.device, budget=self.budget, kind=kind
-        )
+        return tensors.decode(value, where=where, dtype=self.dtype, device=self.device, budget=self.budget, kind=kind)
 
-    def optional_tensor(
-        self, value: Any, where: str, dtype: torch.dtype | None = None
-    ) -> torch.Tensor | None:
+    def optional_tensor(self, value: Any, where: str, dtype: torch.dtype | None = None) -> torch.Tensor | None:
         if value is None:
             return None
-        return tensors.decode(
-            value, where=where, dtype=dtype or self.dtype, device=self.device, budget=self.budget
-        )
+        return tensors.decode(value, where=where, dtype=dtype or self.dtype, device=self.device, budget=self.budget)
 
     def tensor_params(self, spec: NamedSpec, params: dict[str, Any]) -> dict[str, Any]:
         """``params`` with its tensor-valued entries (such as pos_weight) decoded."""

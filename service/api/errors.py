@@ -82,9 +82,7 @@ def _public_error(error: Any) -> dict[str, Any]:
 
 async def handle_unexpected(request: Request, exc: Exception) -> JSONBytesResponse:
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
-    return error_response(
-        500, "internal_error", "The server failed unexpectedly; this is a bug, please report it."
-    )
+    return error_response(500, "internal_error", "The server failed unexpectedly; this is a bug, please report it.")
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -37,9 +37,7 @@ class FastJSONRequest(Request):
 
 def _is_json(content_type: str | None) -> bool:
     media_type = (content_type or "").partition(";")[0].strip().lower()
-    return media_type == "application/json" or (
-        media_type.startswith("application/") and media_type.endswith("+json")
-    )
+    return media_type == "application/json" or (media_type.startswith("application/") and media_type.endswith("+json"))
 
 
 class FastJSONRoute(APIRoute):

@@ -118,9 +118,7 @@ class LossRequest(ComputeRequest):
     params: dict[str, Any] = Field(
         default_factory=dict, description="reduction and the loss's own options (see GET /v1/losses)."
     )
-    grad_output: Tensor | None = Field(
-        None, description="Cotangent of the loss (its shape); ones when omitted."
-    )
+    grad_output: Tensor | None = Field(None, description="Cotangent of the loss (its shape); ones when omitted.")
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -209,9 +207,7 @@ def _param_field(param: Param) -> tuple[Any, Any]:
         annotation = Literal[param.choices]
     else:
         annotation = param.python_type
-    constraints = {
-        key: getattr(param, key) for key in ("ge", "gt", "le", "lt") if getattr(param, key) is not None
-    }
+    constraints = {key: getattr(param, key) for key in ("ge", "gt", "le", "lt") if getattr(param, key) is not None}
     return annotation, Field(param.default, description=param.description, **constraints)
 
 

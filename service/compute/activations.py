@@ -42,9 +42,7 @@ def check_hardtanh_bounds(tensor: torch.Tensor, params: Mapping[str, Any]) -> No
         raise InvalidInput("min_val must not exceed max_val.", error_type="invalid_param", param="min_val")
 
 
-def _activation(
-    name: str, fn: Any, formula: str, *params: Param, elementwise: bool = True, **extra: Any
-) -> None:
+def _activation(name: str, fn: Any, formula: str, *params: Param, elementwise: bool = True, **extra: Any) -> None:
     samples = extra.pop("samples", None) or (Sample(shape=(2, 3)), Sample(shape=()))
     ACTIVATIONS.register(
         OpSpec(
@@ -191,14 +189,11 @@ def evaluate_activation(
     return ActivationResult(output, grad, grad2, jac)
 
 
-def _checked_grad_output(
-    grad_output: torch.Tensor | None, x: torch.Tensor, spec: OpSpec
-) -> torch.Tensor | None:
+def _checked_grad_output(grad_output: torch.Tensor | None, x: torch.Tensor, spec: OpSpec) -> torch.Tensor | None:
     # Every activation keeps its input's shape, so grad_output must have that shape too.
     if grad_output is not None and grad_output.shape != x.shape:
         raise InvalidInput(
-            f"grad_output has shape {list(grad_output.shape)}, but {spec.name}'s output has "
-            f"shape {list(x.shape)}.",
+            f"grad_output has shape {list(grad_output.shape)}, but {spec.name}'s output has shape {list(x.shape)}.",
             error_type="shape_mismatch",
         )
     return grad_output

@@ -11,9 +11,7 @@ from service.errors import LimitExceeded
 TensorFn = Callable[[torch.Tensor], torch.Tensor]
 
 
-def value_and_vjp(
-    fn: TensorFn, x: torch.Tensor, grad_output: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
+def value_and_vjp(fn: TensorFn, x: torch.Tensor, grad_output: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """``fn(x)`` and the vector-Jacobian product ``grad_output^T J`` (ones by default).
 
     Plain reverse-mode autograd: for one VJP it costs a fraction of torch.func's transform setup.
@@ -38,9 +36,7 @@ def elementwise_second_derivative(fn: TensorFn, x: torch.Tensor) -> torch.Tensor
         (first,) = torch.autograd.grad(y, x, torch.ones_like(y), create_graph=True)
         if not first.requires_grad:  # piecewise-linear f: f' is constant wherever defined
             return torch.zeros_like(x)
-        (second,) = torch.autograd.grad(
-            first, x, torch.ones_like(first), allow_unused=True, materialize_grads=True
-        )
+        (second,) = torch.autograd.grad(first, x, torch.ones_like(first), allow_unused=True, materialize_grads=True)
     return second
 
 

@@ -58,9 +58,7 @@ class LossSpec:
 
 LOSSES: Registry[LossSpec] = Registry("loss")
 
-REDUCTION = Param(
-    "reduction", "mean", "How per-element losses are combined.", choices=("mean", "sum", "none")
-)
+REDUCTION = Param("reduction", "mean", "How per-element losses are combined.", choices=("mean", "sum", "none"))
 KL_REDUCTION = Param(
     "reduction",
     "batchmean",
@@ -74,9 +72,7 @@ ALL_FLOAT: Mapping[str, frozenset[GradName]] = {"float": frozenset({"input", "ta
 def _elementwise(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
     """Broadcast input and target explicitly (torch would warn), then call ``fn``."""
 
-    def call(
-        input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, **params: Any
-    ) -> torch.Tensor:
+    def call(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, **params: Any) -> torch.Tensor:
         input, target = torch.broadcast_tensors(input, target)  # type: ignore[no-untyped-call]
         if weight is not None:
             params["weight"] = weight
@@ -182,9 +178,7 @@ def check_classes(input: torch.Tensor, target: torch.Tensor | None, params: Mapp
 
 
 def _class_weighted(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-    def call(
-        input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, **params: Any
-    ) -> torch.Tensor:
+    def call(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, **params: Any) -> torch.Tensor:
         return fn(input, target, weight=weight, **params)
 
     return call
@@ -418,13 +412,10 @@ def evaluate_loss(
         loss = spec.fn(leaves["input"], leaves["target"], leaves["weight"], **params)
         if grad_output is not None and grad_output.shape != loss.shape:
             raise InvalidInput(
-                f"grad_output has shape {list(grad_output.shape)}, but the loss has shape "
-                f"{list(loss.shape)}.",
+                f"grad_output has shape {list(grad_output.shape)}, but the loss has shape {list(loss.shape)}.",
                 error_type="shape_mismatch",
             )
-        wanted: list[GradName] = [
-            name for name, leaf in leaves.items() if leaf is not None and leaf.requires_grad
-        ]
+        wanted: list[GradName] = [name for name, leaf in leaves.items() if leaf is not None and leaf.requires_grad]
         gradients = torch.autograd.grad(
             loss,
             [leaf for leaf in leaves.values() if leaf is not None and leaf.requires_grad],
@@ -460,11 +451,7 @@ def resolve_target(spec: LossSpec, input: torch.Tensor, target: torch.Tensor | N
         raise InvalidInput(
             f"target has shape {list(target.shape)}; class indices for input of shape "
             f"{list(input.shape)} need shape {expected}"
-            + (
-                f", or probabilities of shape {list(input.shape)}."
-                if spec.target == "float_or_index"
-                else "."
-            ),
+            + (f", or probabilities of shape {list(input.shape)}." if spec.target == "float_or_index" else "."),
             error_type="shape_mismatch",
         )
     if target.is_floating_point():
@@ -483,8 +470,7 @@ def _check_broadcast(input: torch.Tensor, other: torch.Tensor, name: str = "targ
         shape = torch.broadcast_shapes(input.shape, other.shape)  # type: ignore[no-untyped-call]
     except RuntimeError as exc:
         raise InvalidInput(
-            f"{name} of shape {list(other.shape)} does not broadcast with input of shape "
-            f"{list(input.shape)}.",
+            f"{name} of shape {list(other.shape)} does not broadcast with input of shape {list(input.shape)}.",
             error_type="shape_mismatch",
         ) from exc
     if shape != input.shape:

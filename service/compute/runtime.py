@@ -37,8 +37,7 @@ def resolve_device(requested: str, preference: str = "auto") -> torch.device:
     index = int(choice.partition(":")[2] or 0)
     if index >= torch.cuda.device_count():
         raise DeviceUnavailable(
-            f"Device {choice!r} was asked for, but this server has {torch.cuda.device_count()} "
-            "CUDA device(s).",
+            f"Device {choice!r} was asked for, but this server has {torch.cuda.device_count()} CUDA device(s).",
             available=available_devices(),
         )
     return torch.device("cuda", index)

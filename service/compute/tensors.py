@@ -189,9 +189,7 @@ def _syntax_error(body: bytes, exc: Exception) -> InvalidInput:
     try:
         orjson.loads(body)
     except orjson.JSONDecodeError as detail:
-        return InvalidInput(
-            f"The body is not valid JSON: {detail}.", error_type="invalid_json", position=detail.pos
-        )
+        return InvalidInput(f"The body is not valid JSON: {detail}.", error_type="invalid_json", position=detail.pos)
     return InvalidInput(f"The body is not valid JSON: {exc}.", error_type="invalid_json")
 
 
@@ -315,9 +313,7 @@ def _decode_nested(value: Any, where: str, kind: Kind) -> torch.Tensor:
     return torch.tensor(flat, dtype=torch_dtype).reshape(shape)
 
 
-def _flatten(
-    value: Any, shape: list[int], depth: int, where: str, kind: Kind, out: list[float | int]
-) -> None:
+def _flatten(value: Any, shape: list[int], depth: int, where: str, kind: Kind, out: list[float | int]) -> None:
     if depth == len(shape):
         out.append(_scalar(value, where, kind))
         return
@@ -330,8 +326,7 @@ def _flatten(
         )
     if len(value) != shape[depth]:
         raise InvalidInput(
-            f"'{where}' has length {len(value)} but its siblings have length {shape[depth]}: "
-            "the array is ragged.",
+            f"'{where}' has length {len(value)} but its siblings have length {shape[depth]}: the array is ragged.",
             error_type="ragged_array",
             where=where,
         )

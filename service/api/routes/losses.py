@@ -49,9 +49,7 @@ def list_losses() -> LossCatalog:
     response_class=JSONBytesResponse,
     responses={200: {"model": LossResponse}, **ERROR_RESPONSES},
 )
-async def loss(
-    name: LossName, body: LossRequest, request: Request, settings: SettingsDep
-) -> JSONBytesResponse:
+async def loss(name: LossName, body: LossRequest, request: Request, settings: SettingsDep) -> JSONBytesResponse:
     spec = LOSSES.get(name)
     params = validate_params(spec, body.params)
 
