@@ -5,8 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from service.compute.losses import LossSample, LossSpec
 from service.compute.registry import OpSpec, Sample
+from tests.api.test_losses_api import wire_body
 from tests.compute.test_activations import CASES, sample_input
+from tests.compute.test_losses import CASES as LOSS_CASES
 from tests.conftest import AppClient
 from tests.helpers import from_wire
 
@@ -31,3 +34,28 @@ def test_activation_on_cuda_matches_cpu(client: AppClient, spec: OpSpec, sample:
     for key in ("output", "grad", "grad2"):
         if on_cpu[key] is not None:
             torch.testing.assert_close(from_wire(on_gpu[key]), from_wire(on_cpu[key]))
+
+
+@pytest.mark.parametrize(("spec", "sample"), LOSS_CASES)
+def test_loss_on_cuda_matches_cpu(client: AppClient, spec: LossSpec, sample: LossSample) -> None:
+    body, _ = wire_body(spec, sample, torch.float64)
+    on_gpu = client.post(f"/v1/losses/{spec.name}", json={**body, "dtype": "float64", "device": "cuda"}).json()
+    on_cpu = client.post(f"/v1/losses/{spec.name}", json={**body, "dtype": "float64", "device": "cpu"}).json()
+    assert on_gpu["meta"]["device"].startswith("cuda")
+    torch.testing.assert_close(from_wire(on_gpu["loss"]), from_wire(on_cpu["loss"]))
+    for name, grad in on_cpu["grad"].items():
+        if grad is None:
+            assert on_gpu["grad"][name] is None
+        else:
+            torch.testing.assert_close(from_wire(on_gpu["grad"][name]), from_wire(grad))
+
+
+def test_bad_class_index_on_cuda_is_a_400_and_the_device_survives(client: AppClient) -> None:
+    bad = client.post("/v1/losses/cross_entropy", json={"input": [[1, 2]], "target": [5], "device": "cuda"})
+    assert bad.status_code == 400
+    bce = client.post(
+        "/v1/losses/binary_cross_entropy", json={"input": [0.5, "NaN"], "target": [1, 0], "device": "cuda"}
+    )
+    assert bce.status_code == 400
+    ok = client.post("/v1/losses/cross_entropy", json={"input": [[1, 2]], "target": [1], "device": "cuda"})
+    assert ok.status_code == 200

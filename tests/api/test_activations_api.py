@@ -188,7 +188,5 @@ def test_chunked_body_over_the_limit(make_client: ClientFactory) -> None:
         for _ in range(10):
             yield b" " * 1024
 
-    response = limited.post(
-        "/v1/activations/relu", content=chunks(), headers={"content-type": "application/json"}
-    )
+    response = limited.post("/v1/activations/relu", content=chunks(), headers={"content-type": "application/json"})
     assert_error(response, 413, "body_too_large")

@@ -135,9 +135,7 @@ def test_seed_softmax_jacobian_row_is_grad_of_one_output() -> None:
 
 def test_sigmoid_derivatives_are_the_textbook_ones() -> None:
     x = torch.linspace(-4, 4, 9, dtype=torch.float64)
-    result = evaluate_activation(
-        ACTIVATIONS.get("sigmoid"), x, {}, second_order=True, max_jacobian_elements=1
-    )
+    result = evaluate_activation(ACTIVATIONS.get("sigmoid"), x, {}, second_order=True, max_jacobian_elements=1)
     s = torch.sigmoid(x)
     torch.testing.assert_close(result.grad, s * (1 - s))
     assert result.grad2 is not None

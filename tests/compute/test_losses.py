@@ -39,9 +39,7 @@ REFERENCES: dict[str, Reference] = {
     "cross_entropy": lambda i, t, w, **p: F.cross_entropy(i, t, weight=w, **p),
     "nll": lambda i, t, w, **p: F.nll_loss(i, t, weight=w, **p),
     "binary_cross_entropy": lambda i, t, w, **p: F.binary_cross_entropy(i, t, weight=w, **p),
-    "binary_cross_entropy_with_logits": lambda i, t, w, **p: F.binary_cross_entropy_with_logits(
-        i, t, weight=w, **p
-    ),
+    "binary_cross_entropy_with_logits": lambda i, t, w, **p: F.binary_cross_entropy_with_logits(i, t, weight=w, **p),
     "kl_div": lambda i, t, w, **p: _quiet(F.kl_div, i, t, **p),
     "poisson_nll": lambda i, t, w, **p: F.poisson_nll_loss(i, t, **p),
     "soft_margin": lambda i, t, w, **p: F.soft_margin_loss(i, t, **p),
@@ -189,9 +187,7 @@ def test_seed_cross_entropy_is_nll_of_log_softmax() -> None:
     w = torch.randn(10, 784, generator=generator, dtype=torch.float64)
     logits = x @ w.t()
     target = torch.tensor([3])
-    cross = evaluate_loss(
-        LOSSES.get("cross_entropy"), logits, target, None, LOSSES.get("cross_entropy").defaults()
-    )
+    cross = evaluate_loss(LOSSES.get("cross_entropy"), logits, target, None, LOSSES.get("cross_entropy").defaults())
     log_probabilities = torch.log(F.softmax(logits, dim=1))
     nll = evaluate_loss(LOSSES.get("nll"), log_probabilities, target, None, LOSSES.get("nll").defaults())
     torch.testing.assert_close(cross.loss, nll.loss)

@@ -18,9 +18,7 @@ from tests.helpers import to_base64
 CPU = torch.device("cpu")
 
 
-def decode_body(
-    body: bytes, kind: tensors.Kind = "float", dtype: torch.dtype = torch.float64
-) -> torch.Tensor:
+def decode_body(body: bytes, kind: tensors.Kind = "float", dtype: torch.dtype = torch.float64) -> torch.Tensor:
     tree = tensors.parse_json(body)
     return tensors.decode(
         tree["input"], where="input", dtype=dtype, device=CPU, budget=tensors.ElementBudget(10**7), kind=kind

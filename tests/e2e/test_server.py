@@ -73,17 +73,13 @@ def test_activation_json_and_base64(server: Server) -> None:
     t = torch.tanh(x)
     assert torch.equal(from_wire(data["output"], torch.float32), t)
     torch.testing.assert_close(from_wire(data["grad"], torch.float32), 1 - t * t)
-    encoded = httpx.post(
-        f"{base}/v1/activations/tanh", json={"input": to_base64(x), "encoding": "base64"}
-    ).json()
+    encoded = httpx.post(f"{base}/v1/activations/tanh", json={"input": to_base64(x), "encoding": "base64"}).json()
     assert torch.equal(from_wire(encoded["output"]), t)
 
 
 def test_errors_over_the_wire(server: Server) -> None:
     base, *_ = server
-    assert_error(
-        httpx.post(f"{base}/v1/activations/tanh", json={"input": [[1], [2, 3]]}), 400, "ragged_array"
-    )
+    assert_error(httpx.post(f"{base}/v1/activations/tanh", json={"input": [[1], [2, 3]]}), 400, "ragged_array")
     assert_error(httpx.get(f"{base}/nowhere"), 404, "not_found")
     too_big = httpx.post(f"{base}/v1/activations/tanh", json={"input": [0.5] * 50_000})
     assert_error(too_big, 413, "body_too_large")
@@ -94,9 +90,7 @@ def test_errors_over_the_wire(server: Server) -> None:
             yield b"0.5," * 1000
         yield b"0.5]}"
 
-    chunked = httpx.post(
-        f"{base}/v1/activations/tanh", content=chunks(), headers={"content-type": "application/json"}
-    )
+    chunked = httpx.post(f"{base}/v1/activations/tanh", content=chunks(), headers={"content-type": "application/json"})
     assert_error(chunked, 413, "body_too_large")
     assert httpx.get(f"{base}/healthz").status_code == 200
 
