@@ -19,10 +19,9 @@ def value_and_vjp(fn: TensorFn, x: torch.Tensor, grad_output: torch.Tensor | Non
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
         y = fn(x)
-        cotangent = torch.ones_like(y) if grad_output is None else grad_output
         if not y.requires_grad:  # fn ignores its input
             return y.detach(), torch.zeros_like(x)
-        (grad,) = torch.autograd.grad(y, x, cotangent, allow_unused=True, materialize_grads=True)
+        (grad,) = torch.autograd.grad(y, x, torch.ones_like(y) if grad_output is None else grad_output)
     return y.detach(), grad
 
 

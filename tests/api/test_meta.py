@@ -38,9 +38,13 @@ def test_every_request_body_in_the_openapi_has_an_example(client: AppClient) -> 
     ]
     assert bodies
     for path, operation in bodies:
-        ref = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]
-        model = schema["components"]["schemas"][ref.rsplit("/", 1)[1]]
+        body = operation["requestBody"]
+        assert body["required"] is True
+        model = body["content"]["application/json"]["schema"]
+        if "$ref" in model:
+            model = schema["components"]["schemas"][model["$ref"].rsplit("/", 1)[1]]
         assert model.get("examples"), path
+        assert "input" in model["properties"], path
 
 
 def test_openapi_documents_error_bodies(client: AppClient) -> None:

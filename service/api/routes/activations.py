@@ -7,9 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Request
 
 from service.api.context import ComputeContext, validate_params
-from service.api.deps import SettingsDep
+from service.api.deps import settings_of
 from service.api.dispatch import run_compute
-from service.api.jsonbody import FastJSONRoute
+from service.api.jsonbody import json_body_openapi, read_json_body
 from service.api.responses import JSONBytesResponse, dump_json
 from service.api.routes.common import ERROR_RESPONSES
 from service.api.schemas import (
@@ -21,7 +21,7 @@ from service.api.schemas import (
 )
 from service.compute.activations import ACTIVATIONS, evaluate_activation
 
-router = APIRouter(prefix="/v1/activations", tags=["activations"], route_class=FastJSONRoute)
+router = APIRouter(prefix="/v1/activations", tags=["activations"])
 
 ActivationName = Annotated[
     str,
@@ -52,10 +52,11 @@ def list_activations() -> ActivationCatalog:
     summary="Evaluate an activation with its gradient, second derivative or Jacobian",
     response_class=JSONBytesResponse,
     responses={200: {"model": ActivationResponse}, **ERROR_RESPONSES},
+    openapi_extra=json_body_openapi(ActivationRequest),
 )
-async def activation(
-    name: ActivationName, body: ActivationRequest, request: Request, settings: SettingsDep
-) -> JSONBytesResponse:
+async def activation(name: ActivationName, request: Request) -> JSONBytesResponse:
+    settings = settings_of(request)
+    body = await read_json_body(request, ActivationRequest)
     spec = ACTIVATIONS.get(name)
     params = validate_params(spec, body.params)
 

@@ -8,15 +8,15 @@ import torch
 from fastapi import APIRouter, Path, Request
 
 from service.api.context import ComputeContext, validate_params
-from service.api.deps import SettingsDep
+from service.api.deps import settings_of
 from service.api.dispatch import run_compute
-from service.api.jsonbody import FastJSONRoute
+from service.api.jsonbody import json_body_openapi, read_json_body
 from service.api.responses import JSONBytesResponse, dump_json
 from service.api.routes.common import ERROR_RESPONSES
 from service.api.schemas import LossCatalog, LossInfo, LossRequest, LossResponse, params_schema
 from service.compute.losses import LOSSES, evaluate_loss
 
-router = APIRouter(prefix="/v1/losses", tags=["losses"], route_class=FastJSONRoute)
+router = APIRouter(prefix="/v1/losses", tags=["losses"])
 
 LossName = Annotated[
     str,
@@ -48,8 +48,11 @@ def list_losses() -> LossCatalog:
     summary="Evaluate a loss with its gradients w.r.t. input, target and weight",
     response_class=JSONBytesResponse,
     responses={200: {"model": LossResponse}, **ERROR_RESPONSES},
+    openapi_extra=json_body_openapi(LossRequest),
 )
-async def loss(name: LossName, body: LossRequest, request: Request, settings: SettingsDep) -> JSONBytesResponse:
+async def loss(name: LossName, request: Request) -> JSONBytesResponse:
+    settings = settings_of(request)
+    body = await read_json_body(request, LossRequest)
     spec = LOSSES.get(name)
     params = validate_params(spec, body.params)
 
