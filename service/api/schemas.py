@@ -155,6 +155,61 @@ class LossCatalog(BaseModel):
     losses: list[LossInfo]
 
 
+DerivativeName = Literal["grad", "jacobian", "hessian"]
+
+
+class DifferentiateRequest(ComputeRequest):
+    expression: str = Field(
+        description="The formula: `name = expr` lines, then the expression to differentiate. "
+        "GET /v1/functions lists the functions it may call."
+    )
+    inputs: dict[str, Tensor] = Field(
+        default_factory=dict, description="Named tensors the expression reads (int64 base64 ones stay integers)."
+    )
+    wrt: list[str] | None = Field(None, description="Inputs to differentiate w.r.t.; default every floating one.")
+    derivatives: list[DerivativeName] = Field(
+        default_factory=lambda: list[DerivativeName](["grad"]), description="Which derivatives to return."
+    )
+    grad_output: Tensor | None = Field(None, description="Cotangent for grad of a non-scalar value; ones by default.")
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "expression": "(x[0] ** 2 + x[1] - 11) ** 2 + (x[0] + x[1] ** 2 - 7) ** 2",
+                    "inputs": {"x": [1.0, 2.0]},
+                    "derivatives": ["grad", "hessian"],
+                },
+                {
+                    "expression": "o = sigmoid(x @ w.T)\nmse(o, ones_like(o))",
+                    "inputs": {"x": [[0.5, -1.0, 2.0]], "w": [[0.1, 0.2, 0.3], [-0.3, 0.2, 0.1]]},
+                    "wrt": ["w"],
+                },
+            ]
+        }
+    )
+
+
+class DifferentiateResponse(BaseModel):
+    value: TensorOut
+    grad: dict[str, TensorOut] | None
+    jacobian: dict[str, TensorOut] | None = Field(description="Per input: value.shape + input.shape.")
+    hessian: dict[str, dict[str, TensorOut]] | None = Field(description="Blocks per pair of wrt inputs.")
+    meta: Meta
+
+
+class FunctionInfo(BaseModel):
+    name: str
+    signature: str
+    doc: str
+    category: Literal["math", "activation", "loss"]
+
+
+class FunctionCatalog(BaseModel):
+    functions: list[FunctionInfo]
+    operators: list[str]
+
+
 class ErrorDetail(BaseModel):
     model_config = ConfigDict(extra="allow")
 

@@ -55,3 +55,40 @@ def jacobian(fn: TensorFn, x: torch.Tensor) -> torch.Tensor:
     """d fn(x) / dx with shape ``fn(x).shape + x.shape`` (reverse mode, vectorised by vmap)."""
     result: torch.Tensor = torch.func.jacrev(fn)(x.detach())
     return result
+
+
+MultiFn = Callable[..., torch.Tensor]
+
+
+def value_and_vjp_many(
+    fn: MultiFn, xs: tuple[torch.Tensor, ...], grad_output: torch.Tensor | None
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """``fn(*xs)`` and ``grad_output^T d fn / d x`` for every x (ones when omitted)."""
+    leaves = tuple(x.detach().requires_grad_(True) for x in xs)
+    with torch.enable_grad():
+        y = fn(*leaves)
+        if not leaves:
+            return y.detach(), ()
+        if not y.requires_grad:
+            return y.detach(), tuple(torch.zeros_like(x) for x in xs)
+        cotangent = torch.ones_like(y) if grad_output is None else grad_output
+        grads = torch.autograd.grad(y, leaves, cotangent, allow_unused=True, materialize_grads=True)
+    return y.detach(), tuple(grads)
+
+
+def jacobians(fn: MultiFn, xs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """d fn / d x for every x, each of shape ``fn(*xs).shape + x.shape`` (reverse mode)."""
+    argnums = tuple(range(len(xs)))
+    blocks = torch.func.jacrev(fn, argnums=argnums)(*(x.detach() for x in xs))
+    return tuple(blocks)
+
+
+def hessians(fn: MultiFn, xs: tuple[torch.Tensor, ...]) -> tuple[tuple[torch.Tensor, ...], ...]:
+    """The blocks d^2 fn / dx_i dx_j of a scalar fn, each of shape ``x_i.shape + x_j.shape``.
+
+    Reverse over reverse (jacrev of jacrev): fn itself never runs under vmap, so the input
+    checks inside it (class indices and the like) keep working.
+    """
+    argnums = tuple(range(len(xs)))
+    blocks = torch.func.jacrev(torch.func.jacrev(fn, argnums=argnums), argnums=argnums)(*(x.detach() for x in xs))
+    return tuple(tuple(row) for row in blocks)

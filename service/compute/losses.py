@@ -397,10 +397,7 @@ def evaluate_loss(
     grad_output: torch.Tensor | None = None,
 ) -> LossResult:
     """The loss and its gradients w.r.t. input, target and weight wherever torch has them."""
-    target = resolve_target(spec, input, target)
-    _check_weight(spec, input, weight)
-    if spec.check is not None:
-        spec.check(input, target, params)
+    target = checked_target(spec, input, target, weight, params)
     target_kind = "none" if target is None else ("float" if target.is_floating_point() else "index")
     differentiable = spec.differentiable[target_kind]
     leaves: dict[GradName, torch.Tensor | None] = {
@@ -426,6 +423,32 @@ def evaluate_loss(
     grads: dict[GradName, torch.Tensor | None] = {"input": None, "target": None, "weight": None}
     grads.update(zip(wanted, gradients, strict=True))
     return LossResult(loss.detach(), grads)
+
+
+def checked_target(
+    spec: LossSpec,
+    input: torch.Tensor,
+    target: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    params: Mapping[str, Any],
+) -> torch.Tensor | None:
+    """Every check a loss needs before torch sees its arguments; returns the resolved target."""
+    target = resolve_target(spec, input, target)
+    _check_weight(spec, input, weight)
+    if spec.check is not None:
+        spec.check(input, target, params)
+    return target
+
+
+def loss_value(
+    spec: LossSpec,
+    input: torch.Tensor,
+    target: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    params: Mapping[str, Any],
+) -> torch.Tensor:
+    """The loss alone, after the same checks (the expression language calls losses this way)."""
+    return spec.fn(input, checked_target(spec, input, target, weight, params), weight, **params)
 
 
 def _leaf(tensor: torch.Tensor, requires_grad: bool) -> torch.Tensor:

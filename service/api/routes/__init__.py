@@ -1,5 +1,5 @@
 """One module per endpoint family; ``ROUTERS`` is the whole URL table."""
 
-from service.api.routes import activations, losses, meta
+from service.api.routes import activations, differentiate, losses, meta
 
-ROUTERS = (meta.router, activations.router, losses.router)
+ROUTERS = (activations.router, losses.router, differentiate.router, meta.router)

@@ -1,0 +1,97 @@
+"""POST /v1/differentiate and GET /v1/functions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from service.api.context import ComputeContext
+from service.api.deps import settings_of
+from service.api.dispatch import run_compute
+from service.api.jsonbody import json_body_openapi, read_json_body
+from service.api.responses import JSONBytesResponse, dump_json
+from service.api.routes.common import ERROR_RESPONSES
+from service.api.schemas import DifferentiateRequest, DifferentiateResponse, FunctionCatalog, FunctionInfo
+from service.compute.differentiate import differentiate
+from service.compute.expressions import Limits, compile_program
+from service.compute.functions import FUNCTIONS
+
+router = APIRouter(tags=["expressions"])
+
+OPERATORS = [
+    "+",
+    "-",
+    "*",
+    "/",
+    "**",
+    "@",
+    "unary -",
+    "<",
+    "<=",
+    ">",
+    ">=",
+    "==",
+    "!=",
+    "x[i, a:b]",
+    ".T",
+    "name = expr",
+]
+
+
+@router.get("/v1/functions", summary="The expression language's functions and operators")
+def list_functions() -> FunctionCatalog:
+    return FunctionCatalog(
+        functions=[
+            FunctionInfo(name=f.name, signature=f.signature(), doc=f.doc, category=f.category)
+            for f in FUNCTIONS.values()
+        ],
+        operators=OPERATORS,
+    )
+
+
+@router.post(
+    "/v1/differentiate",
+    summary="Value, gradient, Jacobian and Hessian of a formula",
+    response_class=JSONBytesResponse,
+    responses={200: {"model": DifferentiateResponse}, **ERROR_RESPONSES},
+    openapi_extra=json_body_openapi(DifferentiateRequest),
+)
+async def differentiate_expression(request: Request) -> JSONBytesResponse:
+    settings = settings_of(request)
+    body = await read_json_body(request, DifferentiateRequest)
+    limits = Limits(settings.expression_max_length, settings.expression_max_nodes, settings.expression_max_depth)
+
+    def job() -> bytes:
+        ctx = ComputeContext.of(body, settings)
+        program = compile_program(body.expression, frozenset(body.inputs), ctx.dtype, ctx.device, limits)
+        inputs = {name: ctx.tensor(value, f"inputs.{name}", _kind(value)) for name, value in body.inputs.items()}
+        result = differentiate(
+            program,
+            inputs,
+            body.wrt,
+            body.derivatives,
+            grad_output=ctx.optional_tensor(body.grad_output, "grad_output"),
+            max_entries=settings.max_jacobian_elements,
+        )
+
+        def wire_map(tensors: dict[str, Any] | None) -> dict[str, Any] | None:
+            return None if tensors is None else {name: ctx.wire(tensor) for name, tensor in tensors.items()}
+
+        hessian = None if result.hessian is None else {row: wire_map(blocks) for row, blocks in result.hessian.items()}
+        return dump_json(
+            {
+                "value": ctx.wire(result.value),
+                "grad": wire_map(result.grad),
+                "jacobian": wire_map(result.jacobian),
+                "hessian": hessian,
+                "meta": ctx.meta(),
+            }
+        )
+
+    return JSONBytesResponse(await run_compute(request, job))
+
+
+def _kind(value: Any) -> Any:
+    """Integer inputs (int64 base64 objects) stay integers, for class indices and the like."""
+    return "index" if isinstance(value, dict) and value.get("dtype") == "int64" else "float"
