@@ -90,6 +90,12 @@ def parse(source: str, limits: Limits) -> ast.Module:
     try:
         tree = ast.parse(source, mode="exec")
     except SyntaxError as exc:
+        if "too many nested" in str(exc.msg) or "too complex" in str(exc.msg):
+            raise LimitExceeded(
+                f"The expression is nested too deeply: {exc.msg}.",
+                error_type="expression_too_deep",
+                limit=limits.max_depth,
+            ) from None
         raise InvalidInput(
             f"The expression is not valid syntax: {exc.msg} (line {exc.lineno}, column {exc.offset}).",
             error_type="invalid_expression",
