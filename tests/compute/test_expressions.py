@@ -44,6 +44,7 @@ def test_seed_multi_output_perceptron() -> None:
     o = torch.sigmoid(x @ leaf.t())
     F.mse_loss(torch.ones(1, 2, dtype=F64), o).backward()
     assert result.grad is not None
+    assert leaf.grad is not None
     assert torch.equal(result.grad["w"], leaf.grad)
     assert list(result.grad) == ["w"]
 
