@@ -15,6 +15,7 @@ import httpx
 import pytest
 import torch
 
+from tests.compute.test_expressions import REFUSED
 from tests.helpers import assert_error, from_wire, to_base64
 
 pytestmark = pytest.mark.e2e
@@ -93,6 +94,18 @@ def test_errors_over_the_wire(server: Server) -> None:
     chunked = httpx.post(f"{base}/v1/activations/tanh", content=chunks(), headers={"content-type": "application/json"})
     assert_error(chunked, 413, "body_too_large")
     assert httpx.get(f"{base}/healthz").status_code == 200
+
+
+def test_sandbox_corpus_leaves_the_server_healthy(server: Server) -> None:
+    base, *_ = server
+    corpus = [*REFUSED, "-" * 9_000 + "x", "(" * 3_000 + "x" + ")" * 3_000, "9 ** 9 ** 9 ** 9"]
+    with httpx.Client(base_url=base, timeout=30) as client:
+        for source in corpus:
+            response = client.post("/v1/differentiate", json={"expression": source, "inputs": {"x": [1.0]}})
+            assert response.status_code in (200, 400, 413), (source, response.text)
+        assert client.get("/healthz").json() == {"status": "ok"}
+        ok = client.post("/v1/differentiate", json={"expression": "sum(x ** 2)", "inputs": {"x": [1.0, 2.0]}})
+        assert ok.json()["grad"]["x"] == [2.0, 4.0]
 
 
 def test_sigterm_stops_the_server_cleanly(server: Server) -> None:

@@ -1,0 +1,110 @@
+"""POST /v1/differentiate and GET /v1/functions over HTTP."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from service.compute.activations import ACTIVATIONS
+from service.compute.losses import LOSSES
+from tests.compute.test_expressions import HIMMELBLAU, REFUSED
+from tests.conftest import AppClient, ClientFactory
+from tests.helpers import assert_error, from_wire, to_base64
+
+
+def test_seed_perceptron_over_http(client: AppClient) -> None:
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn(1, 10, generator=generator, dtype=torch.float64)
+    w = torch.randn(2, 10, generator=generator, dtype=torch.float64)
+    body = {
+        "expression": "o = sigmoid(x @ w.T)\nmse(ones_like(o), o)",
+        "inputs": {"x": x.tolist(), "w": to_base64(w)},
+        "wrt": ["w"],
+        "dtype": "float64",
+    }
+    data = client.post("/v1/differentiate", json=body).json()
+    leaf = w.clone().requires_grad_(True)
+    F.mse_loss(torch.ones(1, 2, dtype=torch.float64), torch.sigmoid(x @ leaf.t())).backward()
+    assert leaf.grad is not None
+    assert torch.equal(from_wire(data["grad"]["w"]), leaf.grad)
+    assert data["jacobian"] is None
+    assert data["hessian"] is None
+    assert data["meta"]["dtype"] == "float64"
+
+
+def test_himmelblau_gradient_and_hessian_in_base64(client: AppClient) -> None:
+    body = {
+        "expression": HIMMELBLAU,
+        "inputs": {"x": [3.0, 2.0]},
+        "derivatives": ["grad", "jacobian", "hessian"],
+        "encoding": "base64",
+    }
+    data = client.post("/v1/differentiate", json=body).json()
+    assert from_wire(data["value"]).item() == 0.0
+    assert torch.equal(from_wire(data["grad"]["x"]), torch.zeros(2))
+    hessian = from_wire(data["hessian"]["x"]["x"])
+    torch.testing.assert_close(hessian, torch.tensor([[74.0, 20.0], [20.0, 34.0]]))
+
+
+def test_integer_inputs_stay_integers(client: AppClient) -> None:
+    body = {
+        "expression": "cross_entropy(z, t)",
+        "inputs": {"z": [[1.0, 2.0, 3.0]], "t": to_base64(torch.tensor([2]))},
+        "dtype": "float64",
+    }
+    data = client.post("/v1/differentiate", json=body).json()
+    assert list(data["grad"]) == ["z"]
+    expected = F.cross_entropy(torch.tensor([[1.0, 2.0, 3.0]], dtype=torch.float64), torch.tensor([2]))
+    assert data["value"] == pytest.approx(expected.item(), rel=1e-15)
+
+
+def test_functions_catalog(client: AppClient) -> None:
+    data = client.get("/v1/functions").json()
+    names = {item["name"] for item in data["functions"]}
+    assert {spec.name for spec in ACTIVATIONS} <= names
+    assert {spec.name for spec in LOSSES} <= names
+    assert {"exp", "where", "reshape", "logsumexp"} <= names
+    by_name = {item["name"]: item for item in data["functions"]}
+    assert by_name["gelu"]["signature"] == "gelu(x: tensor, approximate: str in none|tanh = 'none')"
+    assert by_name["reshape"]["signature"] == "reshape(x: tensor, *shape: int)"
+    assert "**" in data["operators"]
+
+
+@pytest.mark.parametrize("source", REFUSED[:30])
+def test_refused_expressions_are_400s_with_a_position(client: AppClient, source: str) -> None:
+    response = client.post("/v1/differentiate", json={"expression": source, "inputs": {"x": [1.0]}})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["message"]
+    assert "line" in error
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "error_type"),
+    [
+        ({"expression": "x" * 20_000, "inputs": {"x": 1}}, 413, "expression_too_long"),
+        ({"expression": "x * 2", "inputs": {"x": [1, 2]}, "derivatives": ["hessian"]}, 400, "not_scalar"),
+        ({"expression": "x", "inputs": {"x": 1}, "wrt": ["y"]}, 400, "unknown_name"),
+        ({"expression": "x @ y", "inputs": {"x": [1, 2], "y": [1, 2, 3]}}, 400, "computation_failed"),
+        ({"expression": "y", "inputs": {"x": 1}}, 400, "unknown_name"),
+        ({"expression": "x", "inputs": {"x": [[1], [2, 3]]}}, 400, "ragged_array"),
+        ({"expression": "x ** 2", "inputs": {"x": [1, 2]}, "grad_output": [1]}, 400, "shape_mismatch"),
+        ({"expression": "x", "inputs": {"x": 1}, "derivatives": ["laplacian"]}, 422, "validation_error"),
+        ({"inputs": {"x": 1}}, 422, "validation_error"),
+        ({"expression": 5, "inputs": {"x": 1}}, 422, "validation_error"),
+    ],
+)
+def test_bad_requests(client: AppClient, body: dict[str, object], status: int, error_type: str) -> None:
+    assert_error(client.post("/v1/differentiate", json=body), status, error_type)
+
+
+def test_jacobian_limit_is_a_413(make_client: ClientFactory) -> None:
+    limited = make_client(max_jacobian_elements=50, expression_max_length=40)
+    body = {"expression": "x * 2", "inputs": {"x": [1.0] * 10}, "derivatives": ["jacobian"]}
+    assert_error(limited.post("/v1/differentiate", json=body), 413, "jacobian_too_large")
+    long = {"expression": "x" + " + x" * 20, "inputs": {"x": 1.0}}
+    assert_error(limited.post("/v1/differentiate", json=long), 413, "expression_too_long")
+    info = limited.get("/v1/info").json()["limits"]
+    assert info["expression_max_length"] == 40
+    assert info["max_jacobian_elements"] == 50
