@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from service.compute.activations import ACTIVATIONS
 from service.compute.losses import LOSSES
-from tests.compute.test_expressions import HIMMELBLAU, REFUSED
+from tests.compute.test_expressions import HIMMELBLAU, REFUSED, TOKENS
 from tests.conftest import AppClient, ClientFactory
 from tests.helpers import assert_error, from_wire, to_base64
 
@@ -108,3 +110,13 @@ def test_jacobian_limit_is_a_413(make_client: ClientFactory) -> None:
     info = limited.get("/v1/info").json()["limits"]
     assert info["expression_max_length"] == 40
     assert info["max_jacobian_elements"] == 50
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.one_of(st.text(max_size=80), st.lists(st.sampled_from(TOKENS), max_size=30).map("".join)))
+def test_fuzzed_expressions_over_http_never_5xx(client: AppClient, source: str) -> None:
+    body = {"expression": source, "inputs": {"x": [0.5, -1.5], "y": [[1.0, 2.0], [3.0, 4.0]]}}
+    response = client.post("/v1/differentiate", json=body, headers={"content-type": "application/json"})
+    assert response.status_code in (200, 400, 413), response.text
+    if response.status_code != 200:
+        assert response.json()["error"]["message"]
