@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Request
 
 from service.api.context import ComputeContext, validate_params
 from service.api.deps import settings_of
-from service.api.dispatch import run_compute
+from service.api.dispatch import compute_response
 from service.api.jsonbody import json_body_openapi, read_json_body
-from service.api.responses import JSONBytesResponse, dump_json
-from service.api.routes.common import ERROR_RESPONSES
+from service.api.responses import JSONBytesResponse
+from service.api.routes.common import ERROR_RESPONSES, name_parameter
 from service.api.schemas import (
     ActivationCatalog,
     ActivationInfo,
@@ -23,13 +23,7 @@ from service.compute.activations import ACTIVATIONS, evaluate_activation
 
 router = APIRouter(prefix="/v1/activations", tags=["activations"])
 
-ActivationName = Annotated[
-    str,
-    Path(
-        description="A name from GET /v1/activations.",
-        json_schema_extra={"enum": [spec.name for spec in ACTIVATIONS]},
-    ),
-]
+ActivationName = Annotated[str, name_parameter(ACTIVATIONS)]
 
 
 @router.get("", summary="List the activations, their formulas and parameters")
@@ -60,8 +54,7 @@ async def activation(name: ActivationName, request: Request) -> JSONBytesRespons
     spec = ACTIVATIONS.get(name)
     params = validate_params(spec, body.params)
 
-    def job() -> bytes:
-        ctx = ComputeContext.of(body, settings)
+    def compute(ctx: ComputeContext) -> dict[str, Any]:
         result = evaluate_activation(
             spec,
             ctx.tensor(body.input, "input"),
@@ -71,14 +64,11 @@ async def activation(name: ActivationName, request: Request) -> JSONBytesRespons
             want_jacobian=body.jacobian,
             max_jacobian_elements=settings.max_jacobian_elements,
         )
-        return dump_json(
-            {
-                "output": ctx.wire(result.output),
-                "grad": ctx.wire(result.grad),
-                "grad2": ctx.wire(result.grad2),
-                "jacobian": ctx.wire(result.jacobian),
-                "meta": ctx.meta(),
-            }
-        )
+        return {
+            "output": ctx.wire(result.output),
+            "grad": ctx.wire(result.grad),
+            "grad2": ctx.wire(result.grad2),
+            "jacobian": ctx.wire(result.jacobian),
+        }
 
-    return JSONBytesResponse(await run_compute(request, job))
+    return await compute_response(request, body, compute)

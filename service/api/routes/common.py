@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from fastapi import Path
+
 from service.api.schemas import ErrorBody
+from service.compute.registry import Registry
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": description}
@@ -15,3 +18,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         422: "The body does not match the schema.",
     }.items()
 }
+
+
+def name_parameter(registry: Registry[Any]) -> Any:
+    """The ``{name}`` path parameter of a registry's routes, its known names as an enum."""
+    names: list[str] = [spec.name for spec in registry]
+    return Path(description=f"A name from GET /v1/{registry.kind}s.", json_schema_extra={"enum": names})

@@ -8,9 +8,9 @@ from fastapi import APIRouter, Request
 
 from service.api.context import ComputeContext
 from service.api.deps import settings_of
-from service.api.dispatch import run_compute
+from service.api.dispatch import compute_response
 from service.api.jsonbody import json_body_openapi, read_json_body
-from service.api.responses import JSONBytesResponse, dump_json
+from service.api.responses import JSONBytesResponse
 from service.api.routes.common import ERROR_RESPONSES
 from service.api.schemas import DifferentiateRequest, DifferentiateResponse, FunctionCatalog, FunctionInfo
 from service.compute.differentiate import differentiate
@@ -62,8 +62,7 @@ async def differentiate_expression(request: Request) -> JSONBytesResponse:
     body = await read_json_body(request, DifferentiateRequest)
     limits = Limits(settings.expression_max_length, settings.expression_max_nodes, settings.expression_max_depth)
 
-    def job() -> bytes:
-        ctx = ComputeContext.of(body, settings)
+    def compute(ctx: ComputeContext) -> dict[str, Any]:
         program = compile_program(body.expression, frozenset(body.inputs), ctx.dtype, ctx.device, limits)
         inputs = {name: ctx.tensor(value, f"inputs.{name}", _kind(value)) for name, value in body.inputs.items()}
         result = differentiate(
@@ -78,18 +77,17 @@ async def differentiate_expression(request: Request) -> JSONBytesResponse:
         def wire_map(tensors: dict[str, Any] | None) -> dict[str, Any] | None:
             return None if tensors is None else {name: ctx.wire(tensor) for name, tensor in tensors.items()}
 
-        hessian = None if result.hessian is None else {row: wire_map(blocks) for row, blocks in result.hessian.items()}
-        return dump_json(
-            {
-                "value": ctx.wire(result.value),
-                "grad": wire_map(result.grad),
-                "jacobian": wire_map(result.jacobian),
-                "hessian": hessian,
-                "meta": ctx.meta(),
-            }
-        )
+        hessian = None
+        if result.hessian is not None:
+            hessian = {row: wire_map(blocks) for row, blocks in result.hessian.items()}
+        return {
+            "value": ctx.wire(result.value),
+            "grad": wire_map(result.grad),
+            "jacobian": wire_map(result.jacobian),
+            "hessian": hessian,
+        }
 
-    return JSONBytesResponse(await run_compute(request, job))
+    return await compute_response(request, body, compute)
 
 
 def _kind(value: Any) -> Any:

@@ -2,29 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import torch
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Request
 
 from service.api.context import ComputeContext, validate_params
-from service.api.deps import settings_of
-from service.api.dispatch import run_compute
+from service.api.dispatch import compute_response
 from service.api.jsonbody import json_body_openapi, read_json_body
-from service.api.responses import JSONBytesResponse, dump_json
-from service.api.routes.common import ERROR_RESPONSES
+from service.api.responses import JSONBytesResponse
+from service.api.routes.common import ERROR_RESPONSES, name_parameter
 from service.api.schemas import LossCatalog, LossInfo, LossRequest, LossResponse, params_schema
 from service.compute.losses import LOSSES, evaluate_loss
 
 router = APIRouter(prefix="/v1/losses", tags=["losses"])
 
-LossName = Annotated[
-    str,
-    Path(
-        description="A name from GET /v1/losses.",
-        json_schema_extra={"enum": [spec.name for spec in LOSSES]},
-    ),
-]
+LossName = Annotated[str, name_parameter(LOSSES)]
 
 
 @router.get("", summary="List the losses, their formulas, parameters and targets")
@@ -51,13 +44,11 @@ def list_losses() -> LossCatalog:
     openapi_extra=json_body_openapi(LossRequest),
 )
 async def loss(name: LossName, request: Request) -> JSONBytesResponse:
-    settings = settings_of(request)
     body = await read_json_body(request, LossRequest)
     spec = LOSSES.get(name)
     params = validate_params(spec, body.params)
 
-    def job() -> bytes:
-        ctx = ComputeContext.of(body, settings)
+    def compute(ctx: ComputeContext) -> dict[str, Any]:
         # Class indices are read in float64, exact up to 2**53, then checked and made int64.
         target_dtype = ctx.dtype if spec.target == "float" else torch.float64
         result = evaluate_loss(
@@ -68,12 +59,6 @@ async def loss(name: LossName, request: Request) -> JSONBytesResponse:
             ctx.tensor_params(spec, params),
             grad_output=ctx.optional_tensor(body.grad_output, "grad_output"),
         )
-        return dump_json(
-            {
-                "loss": ctx.wire(result.loss),
-                "grad": {name: ctx.wire(grad) for name, grad in result.grads.items()},
-                "meta": ctx.meta(),
-            }
-        )
+        return {"loss": ctx.wire(result.loss), "grad": {key: ctx.wire(grad) for key, grad in result.grads.items()}}
 
-    return JSONBytesResponse(await run_compute(request, job))
+    return await compute_response(request, body, compute)
