@@ -95,9 +95,12 @@ def parse_json(body: bytes) -> Any:
     except (ValueError, RuntimeError, UnicodeDecodeError) as exc:
         raise _syntax_error(body, exc) from exc
     counter = _BracketCounter()
-    tree = _convert(document, counter)
-    if counter.brackets != _count_open_brackets(body):
-        tree = _materialise(tree)
+    try:
+        tree = _convert(document, counter)
+        if counter.brackets != _count_open_brackets(body):
+            tree = _materialise(tree)
+    except RecursionError:
+        raise InvalidInput("The body nests objects or arrays too deeply.", error_type="invalid_json") from None
     return tree
 
 

@@ -201,3 +201,18 @@ def test_any_json_value_decodes_or_is_a_clear_400(value: Any) -> None:
     except InvalidInput as error:
         outcome = error.error_type
     assert outcome.startswith("tensor") or outcome in {"ragged_array", "not_a_number", "invalid_tensor"}
+
+
+@pytest.mark.parametrize("depth", [900, 5_000, 200_000])
+def test_deep_nesting_parses_or_is_a_400(depth: int) -> None:
+    objects = b'{"a":' * depth + b"1" + b"}" * depth
+    outcome: str
+    try:
+        outcome = type(tensors.parse_json(objects)).__name__
+    except InvalidInput as error:
+        outcome = error.error_type
+    assert outcome in {"dict", "invalid_json"}
+    arrays = b'{"input": ' + b"[" * depth + b"]" * depth + b"}"
+    with pytest.raises(InvalidInput) as caught:
+        decode_body(arrays)
+    assert caught.value.error_type in {"invalid_json", "invalid_tensor"}
