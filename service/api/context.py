@@ -67,8 +67,10 @@ class ComputeContext:
 def validate_params(spec: NamedSpec, params: dict[str, Any]) -> dict[str, Any]:
     """An op's params checked against its registry entry; failures are the usual 422."""
     try:
-        return params_model(spec).model_validate(params).model_dump()
+        validated = params_model(spec).model_validate(params)
     except ValidationError as exc:
         raise RequestValidationError(
             [{**error, "loc": ("body", "params", *error["loc"])} for error in exc.errors()]
         ) from exc
+    # Not model_dump(): it would turn a tensor param still lazy in the parsed body into a dict.
+    return {name: getattr(validated, name) for name in type(validated).model_fields}

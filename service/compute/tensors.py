@@ -35,6 +35,9 @@ DTYPE_NAMES: dict[torch.dtype, str] = {dtype: name for name, dtype in WIRE_DTYPE
 FLOAT_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
 NON_FINITE_IN: dict[str, float] = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 MAX_RANK = 32
+MAX_EXTENT = 2**40
+"""Cap on the product of a shape's non-zero dimensions (an empty tensor of shape [0, 2**62] is
+otherwise valid, and nothing can encode or differentiate it)."""
 ENCODED_KEYS = frozenset({"shape", "dtype", "base64"})
 
 Kind = Literal["float", "index"]
@@ -85,23 +88,36 @@ def parse_json(body: bytes) -> Any:
     when the count disagrees, every lazy array is turned into Python for the exact walker.
     Raises InvalidInput with orjson's description of the first syntax error.
     """
-    if len(body) <= SMALL_BODY_BYTES:
-        try:
-            return orjson.loads(body)
-        except orjson.JSONDecodeError as detail:
-            raise _syntax_error(body, detail) from detail
+    if len(body) <= SMALL_BODY_BYTES or b"\\u" in body:
+        # Small, or with \u escapes (a "\u005b" would fool the bracket count below): all Python.
+        return _parse_exact(body)
     try:
         document = simdjson.Parser().parse(body)
-    except (ValueError, RuntimeError, UnicodeDecodeError) as exc:
-        raise _syntax_error(body, exc) from exc
+    except (ValueError, RuntimeError, UnicodeDecodeError):
+        return _parse_exact(body)  # simdjson refuses some valid JSON (integers past 64 bits)
     counter = _BracketCounter()
     try:
         tree = _convert(document, counter)
         if counter.brackets != _count_open_brackets(body):
             tree = _materialise(tree)
+    except _DuplicateKey:
+        return _parse_exact(body)  # orjson keeps the last of duplicate keys; simdjson the first
     except RecursionError:
         raise InvalidInput("The body nests objects or arrays too deeply.", error_type="invalid_json") from None
     return tree
+
+
+def _parse_exact(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as detail:
+        raise InvalidInput(
+            f"The body is not valid JSON: {detail}.", error_type="invalid_json", position=detail.pos
+        ) from None
+
+
+class _DuplicateKey(Exception):
+    pass
 
 
 def _count_open_brackets(body: bytes) -> int:
@@ -118,6 +134,8 @@ def _convert(node: Any, counter: _BracketCounter) -> Any:
     if isinstance(node, simdjson.Object):
         result = {}
         for key in node:  # iterating an Object yields its keys
+            if key in result:
+                raise _DuplicateKey
             counter.brackets += key.count("[")
             result[key] = _convert(node[key], counter)
         return result
@@ -196,14 +214,6 @@ def _materialise(node: Any) -> Any:
     return node
 
 
-def _syntax_error(body: bytes, exc: Exception) -> InvalidInput:
-    try:
-        orjson.loads(body)
-    except orjson.JSONDecodeError as detail:
-        return InvalidInput(f"The body is not valid JSON: {detail}.", error_type="invalid_json", position=detail.pos)
-    return InvalidInput(f"The body is not valid JSON: {exc}.", error_type="invalid_json")
-
-
 def decode(
     value: Any,
     *,
@@ -248,7 +258,7 @@ def _decode_encoded(value: dict[str, Any], where: str, kind: Kind) -> torch.Tens
             error_type="invalid_tensor",
             where=f"{where}.shape",
         )
-    if dtype_name not in WIRE_DTYPES:
+    if not isinstance(dtype_name, str) or dtype_name not in WIRE_DTYPES:
         raise InvalidInput(
             f"'{where}.dtype' must be one of {sorted(WIRE_DTYPES)} (got {dtype_name!r}).",
             error_type="invalid_tensor",
@@ -268,6 +278,12 @@ def _decode_encoded(value: dict[str, Any], where: str, kind: Kind) -> torch.Tens
             error_type="invalid_base64",
             where=f"{where}.base64",
         ) from exc
+    if math.prod(n for n in shape if n) > MAX_EXTENT:
+        raise InvalidInput(
+            f"'{where}.shape' {shape} is too large, even with no elements.",
+            error_type="invalid_tensor",
+            where=f"{where}.shape",
+        )
     wire_dtype = WIRE_DTYPES[dtype_name]
     count = math.prod(shape)
     expected = count * wire_dtype.itemsize
@@ -309,7 +325,10 @@ def _decode_nested(value: Any, where: str, kind: Kind) -> torch.Tensor:
         return torch.from_numpy(np.array(value, dtype=np.float64))  # a flat list of numbers
     shape: list[int] = []
     probe = value
-    while isinstance(probe, list):
+    while isinstance(probe, list | LazyArray):
+        if isinstance(probe, LazyArray):  # a lazy row inside an irregular list: its shape is known
+            shape.extend(probe.shape)
+            break
         shape.append(len(probe))
         if len(shape) > MAX_RANK:
             raise InvalidInput(
@@ -320,6 +339,10 @@ def _decode_nested(value: Any, where: str, kind: Kind) -> torch.Tensor:
         if not probe:
             break
         probe = probe[0]
+    if len(shape) > MAX_RANK:
+        raise InvalidInput(
+            f"'{where}' is nested deeper than {MAX_RANK} levels.", error_type="invalid_tensor", where=where
+        )
     flat: list[float | int] = []
     _flatten(value, shape, 0, where, kind, flat)
     array = np.array(flat, dtype=np.int64 if kind == "index" else np.float64)  # faster than torch.tensor(list)
@@ -327,6 +350,8 @@ def _decode_nested(value: Any, where: str, kind: Kind) -> torch.Tensor:
 
 
 def _flatten(value: Any, shape: list[int], depth: int, where: str, kind: Kind, out: list[float | int]) -> None:
+    if isinstance(value, LazyArray):
+        value = value.array.as_list()
     if depth == len(shape):
         out.append(_scalar(value, where, kind))
         return
@@ -392,10 +417,19 @@ def _describe(value: Any) -> str:
 
 
 def encode(tensor: torch.Tensor, encoding: Encoding) -> Any:
-    """A tensor as something orjson writes as strict JSON (numpy arrays allowed)."""
+    """A tensor as something orjson writes as strict JSON (numpy arrays allowed).
+
+    float32 and float64 keep their dtype; booleans and other integers become int64.
+    """
     tensor = tensor.detach()
     if tensor.device.type != "cpu":
         tensor = tensor.cpu()
+    if tensor.dtype not in DTYPE_NAMES:
+        tensor = tensor.to(torch.float64 if tensor.is_floating_point() else torch.int64)
+    if math.prod(n for n in tensor.shape if n) > MAX_EXTENT:
+        raise LimitExceeded(
+            f"A result of shape {list(tensor.shape)} is too large to encode.", error_type="result_too_large"
+        )
     if encoding == "base64":
         return {
             "shape": list(tensor.shape),
