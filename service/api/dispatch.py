@@ -17,18 +17,21 @@ from service.api.schemas import ComputeRequest
 T = TypeVar("T")
 
 
-async def run_compute(request: Request, job: Callable[[], T]) -> T:
-    """Run ``job`` inline when the body is small (a thread hop costs more than the work),
-    otherwise in the worker's compute pool of ``max_concurrency`` threads."""
+async def run_compute(request: Request, job: Callable[[], T], inline: bool = True) -> T:
+    """Run ``job`` inline when allowed and the body is small (a thread hop costs more than the
+    work), otherwise in the worker's compute pool of ``max_concurrency`` threads."""
     settings = settings_of(request)
     length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) <= settings.inline_compute_bytes:
+    if inline and length is not None and length.isdigit() and int(length) <= settings.inline_compute_bytes:
         return job()
     return await anyio.to_thread.run_sync(job, limiter=request.app.state.compute_limiter)
 
 
 async def compute_response(
-    request: Request, body: ComputeRequest, compute: Callable[[ComputeContext], dict[str, Any]]
+    request: Request,
+    body: ComputeRequest,
+    compute: Callable[[ComputeContext], dict[str, Any]],
+    inline: bool = True,
 ) -> JSONBytesResponse:
     """Decode, compute and encode in the compute pool: ``compute`` returns the response fields
     (wire-encoded through its context), to which ``meta`` is added."""
@@ -37,4 +40,4 @@ async def compute_response(
         ctx = ComputeContext.of(body, settings_of(request))
         return dump_json({**compute(ctx), "meta": ctx.meta()})
 
-    return JSONBytesResponse(await run_compute(request, job))
+    return JSONBytesResponse(await run_compute(request, job, inline))

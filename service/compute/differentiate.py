@@ -34,8 +34,8 @@ def differentiate(
     max_entries: int,
 ) -> Derivatives:
     """The program's value and the derivatives asked for, w.r.t. ``wrt`` (default: every
-    floating input the program reads)."""
-    names = _wrt_names(program, inputs, wrt)
+    floating input)."""
+    names = _wrt_names(inputs, wrt)
     wanted = set(wanted)
     constants = {name: value for name, value in inputs.items() if name not in names}
 
@@ -53,9 +53,13 @@ def differentiate(
                 )
             value, grads = value_and_vjp_many(fn, xs, grad_output)
         jacobian = hessian = None
+        inputs_size = sum(x.numel() for x in xs)
         if "jacobian" in wanted:
-            _check_entries("Jacobian", value.numel() * sum(x.numel() for x in xs), max_entries)
-            jacobian = dict(zip(names, jacobians(fn, xs), strict=True))
+            _check_entries("Jacobian", value.numel() * inputs_size, max_entries, "jacobian_too_large")
+            # Reverse mode runs one backward pass per output element, all at once (vmap).
+            working_set = program.budget.peak * value.numel()
+            _check_entries("Jacobian's working set", working_set, program.budget.limit, "jacobian_too_large")
+            jacobian = dict(zip(names, jacobians(fn, xs), strict=True)) if xs else {}
         if "hessian" in wanted:
             if value.numel() != 1:
                 raise InvalidInput(
@@ -63,8 +67,10 @@ def differentiate(
                     "reduce it (sum, mean, ...) or ask for the jacobian.",
                     error_type="not_scalar",
                 )
-            _check_entries("Hessian", sum(x.numel() for x in xs) ** 2, max_entries)
-            blocks = hessians(lambda *values: fn(*values).reshape(()), xs)
+            _check_entries("Hessian", inputs_size**2, max_entries, "hessian_too_large")
+            working_set = program.budget.peak * inputs_size
+            _check_entries("Hessian's working set", working_set, program.budget.limit, "hessian_too_large")
+            blocks = hessians(lambda *values: fn(*values).reshape(()), xs) if xs else ()
             hessian = {row: dict(zip(names, blocks[i], strict=True)) for i, row in enumerate(names)}
     return Derivatives(
         value=value,
@@ -74,9 +80,9 @@ def differentiate(
     )
 
 
-def _wrt_names(program: Program, inputs: Mapping[str, torch.Tensor], wrt: Iterable[str] | None) -> list[str]:
+def _wrt_names(inputs: Mapping[str, torch.Tensor], wrt: Iterable[str] | None) -> list[str]:
     if wrt is None:
-        return [name for name, value in inputs.items() if value.is_floating_point() and name in program.names]
+        return [name for name, value in inputs.items() if value.is_floating_point()]
     names = list(wrt)
     for name in names:
         if name not in inputs:
@@ -88,10 +94,8 @@ def _wrt_names(program: Program, inputs: Mapping[str, torch.Tensor], wrt: Iterab
     return names
 
 
-def _check_entries(what: str, entries: int, limit: int) -> None:
+def _check_entries(what: str, entries: int, limit: int, error_type: str) -> None:
     if entries > limit:
         raise LimitExceeded(
-            f"The {what} would have {entries} entries, over the limit of {limit}.",
-            error_type=f"{what.lower()}_too_large",
-            limit=limit,
+            f"The {what} would have {entries} entries, over the limit of {limit}.", error_type=error_type, limit=limit
         )

@@ -53,6 +53,24 @@ class Limits:
     max_depth: int = 64
 
 
+@dataclass
+class SizeBudget:
+    """The largest tensor one evaluation may make, and the largest it did make."""
+
+    limit: int
+    peak: int = 0
+
+    def check(self, elements: int, node: ast.AST) -> None:
+        if elements > self.limit:
+            raise LimitExceeded(
+                f"This step would make a tensor of {elements} elements, over the limit of {self.limit}"
+                f" (line {getattr(node, 'lineno', '?')}, column {getattr(node, 'col_offset', -1) + 1}).",
+                error_type="intermediate_too_large",
+                limit=self.limit,
+            )
+        self.peak = max(self.peak, elements)
+
+
 @dataclass(frozen=True)
 class Program:
     """A checked, compiled expression: ``program(inputs)`` evaluates it with torch."""
@@ -62,6 +80,8 @@ class Program:
     result: Node
     names: frozenset[str]
     """The input names the program reads."""
+    budget: SizeBudget
+    """Every intermediate tensor is checked against it; ``budget.peak`` is the largest seen."""
 
     def __call__(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         env: Env = dict(inputs)
@@ -132,13 +152,19 @@ def _check_size(tree: ast.AST, limits: Limits) -> None:
 
 
 def compile_program(
-    source: str, inputs: frozenset[str], dtype: torch.dtype, device: torch.device, limits: Limits
+    source: str,
+    inputs: frozenset[str],
+    dtype: torch.dtype,
+    device: torch.device,
+    limits: Limits,
+    max_elements: int = 10_000_000,
 ) -> Program:
-    """Parse, check and compile ``source``; ``inputs`` are the names the request provides."""
+    """Parse, check and compile ``source``; ``inputs`` are the names the request provides, and
+    no intermediate tensor may hold more than ``max_elements`` elements."""
     tree = parse(source, limits)
     if not tree.body:
         raise refused("The expression is empty.")
-    compiler = _Compiler(set(inputs), dtype, device)
+    compiler = _Compiler(set(inputs), dtype, device, SizeBudget(max_elements))
     steps: list[tuple[str, Node]] = []
     for statement in tree.body[:-1]:
         if not isinstance(statement, ast.Assign) or len(statement.targets) != 1:
@@ -154,7 +180,7 @@ def compile_program(
     if not isinstance(final, ast.Expr):
         raise refused("The last line must be an expression (the value to differentiate).", final)
     result = compiler.expression(final.value)
-    return Program(source, tuple(steps), result, frozenset(compiler.read & inputs))
+    return Program(source, tuple(steps), result, frozenset(compiler.read & inputs), compiler.budget)
 
 
 class _Compiler:
@@ -172,11 +198,22 @@ class _Compiler:
     }
     """The allow-list: every other kind of syntax is refused."""
 
-    def __init__(self, defined: set[str], dtype: torch.dtype, device: torch.device) -> None:
+    def __init__(self, defined: set[str], dtype: torch.dtype, device: torch.device, budget: SizeBudget) -> None:
         self.defined = defined
         self.read: set[str] = set()
         self.dtype = dtype
         self.device = device
+        self.budget = budget
+
+    def checked(self, node: ast.AST, op: Callable[..., torch.Tensor], *args: Any) -> torch.Tensor:
+        """``op(*args)``, refused before it runs if broadcasting its tensors would make one over
+        budget, and counted after (for ops whose output size their inputs do not bound)."""
+        shapes = [arg.shape for arg in args if isinstance(arg, torch.Tensor)]
+        if len(shapes) > 1:
+            self.budget.check(_output_elements(op, shapes), node)
+        result = op(*args)
+        self.budget.check(result.numel(), node)
+        return result
 
     def expression(self, node: ast.expr) -> Node:
         handler = self.HANDLERS.get(type(node))
@@ -189,7 +226,7 @@ class _Compiler:
         if type(node.value) not in (int, float):
             raise refused(f"{_describe(node)} is not allowed here; only numbers are", node)
         number: int | float = node.value  # type: ignore[assignment]
-        value = torch.tensor(float(number), dtype=self.dtype, device=self.device)
+        value = torch.tensor(_as_float(number, node), dtype=self.dtype, device=self.device)
         return lambda env: value
 
     def name(self, node: ast.Name) -> Node:
@@ -205,7 +242,7 @@ class _Compiler:
         if op is None:
             raise refused(f"The operator {type(node.op).__name__} is not allowed", node)
         left, right = self.expression(node.left), self.expression(node.right)
-        return lambda env: op(left(env), right(env))
+        return lambda env: self.checked(node, op, left(env), right(env))
 
     def unary(self, node: ast.UnaryOp) -> Node:
         operand = self.expression(node.operand)
@@ -222,7 +259,7 @@ class _Compiler:
         if op is None:
             raise refused(f"The comparison {type(node.ops[0]).__name__} is not allowed", node)
         left, right = self.expression(node.left), self.expression(node.comparators[0])
-        return lambda env: op(left(env), right(env))
+        return lambda env: self.checked(node, op, left(env), right(env))
 
     def attribute(self, node: ast.Attribute) -> Node:
         if node.attr != "T":
@@ -253,7 +290,7 @@ class _Compiler:
 
         def call(env: Env) -> torch.Tensor:
             values = [tensors[name](env) if name in tensors else statics[name] for name in order]
-            return function.call(*values)
+            return self.checked(node, function.call, *values)
 
         return call
 
@@ -305,7 +342,7 @@ def _argument(arg: Arg, node: ast.expr, function: Function) -> Any:
     if value is None and optional:
         return None
     ok = {
-        "int": type(value) is int,
+        "int": type(value) is int and -(2**63) <= value < 2**63,
         "float": type(value) in (int, float),
         "bool": type(value) is bool,
         "str": type(value) is str and (arg.choices is None or value in arg.choices),
@@ -313,7 +350,28 @@ def _argument(arg: Arg, node: ast.expr, function: Function) -> Any:
     if not ok:
         expected = f"one of {list(arg.choices)}" if arg.choices else f"a literal {kind}"
         raise refused(f"{function.name}: '{arg.name}' must be {expected}", node, "invalid_argument")
-    return float(value) if kind == "float" else value
+    return _as_float(value, node) if kind == "float" else value
+
+
+def _as_float(number: float, node: ast.AST) -> float:
+    try:
+        return float(number)
+    except OverflowError:
+        raise refused("The number is too large for a float", node) from None
+
+
+def _output_elements(op: Callable[..., torch.Tensor], shapes: list[torch.Size]) -> int:
+    """Elements of the result of ``op`` on tensors of ``shapes``: broadcast, or matmul's rule."""
+    try:
+        if op is torch.matmul and len(shapes) == 2:
+            left, right = shapes
+            batch = torch.broadcast_shapes(left[:-2], right[:-2])  # type: ignore[no-untyped-call]
+            rows = left[-2] if len(left) >= 2 else 1
+            columns = right[-1] if len(right) >= 2 else 1
+            return int(batch.numel() * rows * columns)
+        return int(torch.broadcast_shapes(*shapes).numel())  # type: ignore[no-untyped-call]
+    except RuntimeError:
+        return 0  # the shapes do not broadcast: torch itself will refuse them
 
 
 def _literal(node: ast.expr) -> Any:
@@ -340,7 +398,7 @@ def _static_index(node: ast.expr) -> Any:
     if isinstance(node, ast.Constant) and node.value is Ellipsis:
         return Ellipsis
     value = _literal(node)
-    if type(value) is not int:
+    if type(value) is not int or not -(2**63) <= value < 2**63:
         raise refused("An index must be a literal integer, a slice or '...'", node)
     return value
 

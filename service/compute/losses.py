@@ -447,8 +447,18 @@ def loss_value(
     weight: torch.Tensor | None,
     params: Mapping[str, Any],
 ) -> torch.Tensor:
-    """The loss alone, after the same checks (the expression language calls losses this way)."""
-    return spec.fn(input, checked_target(spec, input, target, weight, params), weight, **params)
+    """The loss alone, after the same checks (the expression language calls losses this way).
+
+    Arguments torch cannot differentiate (class weights beside index targets, ...) are
+    detached, so a derivative w.r.t. them is zero rather than an error."""
+    target = checked_target(spec, input, target, weight, params)
+    kind = "none" if target is None else ("float" if target.is_floating_point() else "index")
+    differentiable = spec.differentiable[kind]
+    if target is not None and "target" not in differentiable:
+        target = target.detach()
+    if weight is not None and "weight" not in differentiable:
+        weight = weight.detach()
+    return spec.fn(input, target, weight, **params)
 
 
 def _leaf(tensor: torch.Tensor, requires_grad: bool) -> torch.Tensor:
@@ -478,6 +488,12 @@ def resolve_target(spec: LossSpec, input: torch.Tensor, target: torch.Tensor | N
             error_type="shape_mismatch",
         )
     if target.is_floating_point():
+        if not bool(torch.isfinite(target).all()) or bool((target.abs() >= 2**62).any()):
+            raise InvalidInput(
+                f"{spec.name} needs class indices in target; got non-finite or out-of-range values.",
+                error_type="invalid_dtype",
+                where="target",
+            )
         if not bool((target == target.round()).all()):
             raise InvalidInput(
                 f"{spec.name} needs integer class indices in target, got fractional values.",

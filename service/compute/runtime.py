@@ -55,5 +55,5 @@ def torch_errors(what: str) -> Iterator[None]:
             f"The device ran out of memory computing {what}; retry later or send less.",
             error_type="device_out_of_memory",
         ) from exc
-    except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+    except (RuntimeError, ValueError, IndexError, TypeError, OverflowError) as exc:
         raise InvalidInput(f"{what} failed on this input: {exc}", error_type="computation_failed") from exc

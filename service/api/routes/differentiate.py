@@ -63,7 +63,9 @@ async def differentiate_expression(request: Request) -> JSONBytesResponse:
     limits = Limits(settings.expression_max_length, settings.expression_max_nodes, settings.expression_max_depth)
 
     def compute(ctx: ComputeContext) -> dict[str, Any]:
-        program = compile_program(body.expression, frozenset(body.inputs), ctx.dtype, ctx.device, limits)
+        program = compile_program(
+            body.expression, frozenset(body.inputs), ctx.dtype, ctx.device, limits, settings.max_elements
+        )
         inputs = {name: ctx.tensor(value, f"inputs.{name}", _kind(value)) for name, value in body.inputs.items()}
         result = differentiate(
             program,
@@ -87,7 +89,8 @@ async def differentiate_expression(request: Request) -> JSONBytesResponse:
             "hessian": hessian,
         }
 
-    return await compute_response(request, body, compute)
+    # Never inline: even a small body can describe a long computation.
+    return await compute_response(request, body, compute, inline=False)
 
 
 def _kind(value: Any) -> Any:
