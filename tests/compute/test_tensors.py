@@ -18,11 +18,30 @@ from tests.helpers import to_base64
 CPU = torch.device("cpu")
 
 
-def decode_body(body: bytes, kind: tensors.Kind = "float", dtype: torch.dtype = torch.float64) -> torch.Tensor:
+def decode_one(body: bytes, kind: tensors.Kind = "float", dtype: torch.dtype = torch.float64) -> torch.Tensor:
     tree = tensors.parse_json(body)
-    return tensors.decode(
-        tree["input"], where="input", dtype=dtype, device=CPU, budget=tensors.ElementBudget(10**7), kind=kind
-    )
+    budget = tensors.ElementBudget(10**7)
+    return tensors.decode(tree["input"], where="input", dtype=dtype, device=CPU, budget=budget, kind=kind)
+
+
+def decode_body(body: bytes, kind: tensors.Kind = "float", dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Decode ``input`` on both parser paths (as is, and padded past the small-body switch to
+    simdjson); they must agree, on the tensor or on the error."""
+    outcomes: list[torch.Tensor | InvalidInput] = []
+    for raw in (body, body + b" " * (tensors.SMALL_BODY_BYTES + 1)):
+        try:
+            outcomes.append(decode_one(raw, kind, dtype))
+        except InvalidInput as error:
+            outcomes.append(error)
+    small, big = outcomes
+    if isinstance(small, torch.Tensor) and isinstance(big, torch.Tensor):
+        assert torch.equal(small.nan_to_num(), big.nan_to_num())
+        assert torch.equal(small.isnan(), big.isnan())
+        return small
+    assert isinstance(small, InvalidInput), small
+    assert isinstance(big, InvalidInput), big
+    assert small.body() == big.body()
+    raise small
 
 
 def decode_value(value: Any, kind: tensors.Kind = "float") -> torch.Tensor:
@@ -112,11 +131,13 @@ def test_a_string_containing_brackets_keeps_the_fast_path_exact() -> None:
     assert decode_body(body).shape == (2, 70)
 
 
-def test_malformed_json_reports_the_position() -> None:
-    with pytest.raises(InvalidInput) as caught:
-        tensors.parse_json(b'{"input": [1, 2,]}')
-    assert caught.value.error_type == "invalid_json"
-    assert caught.value.details["position"] in (15, 16)  # at the comma or the bracket after it
+def test_malformed_json_reports_the_position_on_both_paths() -> None:
+    body = b'{"input": [1, 2,]}'
+    for raw in (body, body + b" " * (tensors.SMALL_BODY_BYTES + 1)):
+        with pytest.raises(InvalidInput) as caught:
+            tensors.parse_json(raw)
+        assert caught.value.error_type == "invalid_json"
+        assert caught.value.details["position"] in (15, 16)  # at the comma or the bracket after it
 
 
 def test_base64_round_trip_for_every_dtype() -> None:
@@ -213,6 +234,7 @@ def test_deep_nesting_parses_or_is_a_400(depth: int) -> None:
         outcome = error.error_type
     assert outcome in {"dict", "invalid_json"}
     arrays = b'{"input": ' + b"[" * depth + b"]" * depth + b"}"
-    with pytest.raises(InvalidInput) as caught:
-        decode_body(arrays)
-    assert caught.value.error_type in {"invalid_json", "invalid_tensor"}
+    for raw in (arrays, arrays + b" " * (tensors.SMALL_BODY_BYTES + 1)):
+        with pytest.raises(InvalidInput) as caught:
+            decode_one(raw)
+        assert caught.value.error_type in {"invalid_json", "invalid_tensor"}
