@@ -56,4 +56,9 @@ def torch_errors(what: str) -> Iterator[None]:
             error_type="device_out_of_memory",
         ) from exc
     except (RuntimeError, ValueError, IndexError, TypeError, OverflowError) as exc:
+        if isinstance(exc, RuntimeError) and "allocate" in str(exc) and "memory" in str(exc):
+            raise Overloaded(  # the CPU allocator's own out-of-memory error
+                f"The server ran out of memory computing {what}; retry later or send less.",
+                error_type="out_of_memory",
+            ) from exc
         raise InvalidInput(f"{what} failed on this input: {exc}", error_type="computation_failed") from exc

@@ -17,7 +17,8 @@ from service.compute.differentiate import Derivatives, differentiate
 from service.compute.expressions import Limits, compile_program
 from service.compute.functions import FUNCTIONS
 from service.compute.losses import LOSSES
-from service.errors import InvalidInput, LimitExceeded, ServiceError
+from service.compute.runtime import torch_errors
+from service.errors import InvalidInput, LimitExceeded, Overloaded, ServiceError
 from tests.compute.test_losses import make_inputs
 
 F64 = torch.float64
@@ -370,3 +371,9 @@ def test_fuzzed_sources_compile_run_or_are_refused_cleanly(source: str) -> None:
     except ServiceError as error:
         outcome = error.message
     assert outcome
+
+
+def test_cpu_out_of_memory_is_a_503_not_a_400() -> None:
+    with pytest.raises(Overloaded) as caught, torch_errors("a test"):
+        torch.empty(2**40, dtype=torch.float64)  # 8 TiB
+    assert caught.value.error_type == "out_of_memory"
