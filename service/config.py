@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     expression_max_nodes: int = Field(2_000, ge=1, description="Most syntax nodes in one expression (413).")
     expression_max_depth: int = Field(64, ge=1, le=400, description="Deepest nesting in one expression (413).")
     max_steps: int = Field(10_000_000, ge=1, description="Cap on optimisation steps x runs (inert until /v1/optimize).")
+    max_trajectory_points: int = Field(100_000, ge=1, description="Trajectory points in one response (413).")
+    max_grid_points: int = Field(1_000_000, ge=1, description="Grid points of one landscape (413).")
     request_timeout_s: float = Field(60.0, gt=0, description="Time budget of one request (inert until deadlines land).")
     max_concurrency: int = Field(
         0,
@@ -81,6 +83,8 @@ class Settings(BaseSettings):
             "expression_max_nodes": self.expression_max_nodes,
             "expression_max_depth": self.expression_max_depth,
             "max_steps": self.max_steps,
+            "max_trajectory_points": self.max_trajectory_points,
+            "max_grid_points": self.max_grid_points,
             "request_timeout_s": self.request_timeout_s,
             "max_concurrency": self.effective_max_concurrency(),
             "max_queue": self.max_queue,

@@ -210,6 +210,73 @@ class FunctionCatalog(BaseModel):
     operators: list[str]
 
 
+class ExpressionObjective(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    expression: str = Field(description="A scalar-valued expression (see POST /v1/differentiate).")
+    variable: str = Field("x", description="The input being optimised.")
+    inputs: dict[str, Tensor] = Field(default_factory=dict, description="Inputs held constant.")
+
+
+class OptimizerChoice(BaseModel):
+    """An optimizer by name with any of its hyper-parameters (GET /v1/optimizers)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    name: str
+
+
+OptimizerField = str | OptimizerChoice | list[str | OptimizerChoice]
+
+
+class OptimizeRequest(ComputeRequest):
+    objective: str | ExpressionObjective = Field(description="A name from GET /v1/objectives, or an expression.")
+    x0: Tensor | None = Field(None, description="One start, shape [d].")
+    starts: Tensor | None = Field(None, description="Several starts: shape [N, d] (a list of points, or base64).")
+    optimizer: OptimizerField = Field("adam", description="One optimizer or several; one run per start and each.")
+    steps: int = Field(20_000, ge=0, description="Optimizer steps per run.")
+    record_every: int = Field(2_000, ge=1, description="Trajectory sampling interval, in steps.")
+    tolerance: float | None = Field(None, ge=0, description="Stop a run once its gradient norm is at most this.")
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "objective": "himmelblau",
+                    "starts": [[1.0, 0.0], [-4.0, 0.0], [4.0, 0.0]],
+                    "optimizer": {"name": "adam", "lr": 0.001},
+                    "steps": 20000,
+                    "record_every": 2000,
+                    "dtype": "float64",
+                },
+                {
+                    "objective": {"expression": "sum((x - c) ** 2)", "variable": "x", "inputs": {"c": [1.0, 2.0]}},
+                    "x0": [0.0, 0.0],
+                    "optimizer": ["sgd", {"name": "lbfgs"}],
+                    "steps": 50,
+                    "tolerance": 1e-8,
+                },
+            ]
+        }
+    )
+
+
+class LandscapeRequest(ComputeRequest):
+    objective: str | ExpressionObjective
+    x_range: Annotated[list[float], Field(min_length=2, max_length=2)] = Field(description="[lo, hi] of x.")
+    y_range: Annotated[list[float], Field(min_length=2, max_length=2)] = Field(description="[lo, hi] of y.")
+    resolution: int | Annotated[list[int], Field(min_length=2, max_length=2)] = Field(
+        100, description="Points per axis, or [nx, ny]."
+    )
+    gradient: bool = Field(False, description="Also return the gradient at every grid point.")
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"objective": "himmelblau", "x_range": [-6, 6], "y_range": [-6, 6], "resolution": 60}]
+        }
+    )
+
+
 class ErrorDetail(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -258,6 +325,8 @@ def _param_field(param: Param) -> tuple[Any, Any]:
     annotation: Any
     if param.tensor:
         annotation = Tensor | None
+    elif isinstance(param.default, tuple):
+        annotation = Annotated[list[float], Field(min_length=len(param.default), max_length=len(param.default))]
     elif param.choices:
         annotation = Literal[param.choices]
     else:

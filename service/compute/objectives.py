@@ -148,9 +148,7 @@ for _objective in (
     ),
     Objective("booth", _booth, "(x0 + 2 x1 - 7)^2 + (2 x0 + x1 - 5)^2", 2, ((-10.0, 10.0),), _fixed(([1.0, 3.0], 0.0))),
     Objective("sphere", _sphere, "sum_i x_i^2", None, ((-5.0, 5.0),), lambda d: [([0.0] * d, 0.0)]),
-    Objective(
-        "matyas", _matyas, "0.26 (x0^2 + x1^2) - 0.48 x0 x1", 2, ((-10.0, 10.0),), _fixed(([0.0, 0.0], 0.0))
-    ),
+    Objective("matyas", _matyas, "0.26 (x0^2 + x1^2) - 0.48 x0 x1", 2, ((-10.0, 10.0),), _fixed(([0.0, 0.0], 0.0))),
     Objective(
         "three_hump_camel",
         _three_hump_camel,

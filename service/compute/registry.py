@@ -14,7 +14,7 @@ import torch
 
 from service.errors import NotFound
 
-ParamValue = float | int | bool | str
+ParamValue = float | int | bool | str | tuple[float, ...]
 
 
 @dataclass(frozen=True)

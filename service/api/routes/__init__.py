@@ -1,5 +1,5 @@
 """One module per endpoint family; ``ROUTERS`` is the whole URL table."""
 
-from service.api.routes import activations, differentiate, losses, meta
+from service.api.routes import activations, differentiate, losses, meta, optimize
 
-ROUTERS = (activations.router, losses.router, differentiate.router, meta.router)
+ROUTERS = (activations.router, losses.router, differentiate.router, optimize.router, meta.router)

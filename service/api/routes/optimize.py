@@ -1,0 +1,216 @@
+"""GET /v1/objectives, GET /v1/optimizers, POST /v1/optimize and POST /v1/landscape."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+
+from service.api.context import ComputeContext
+from service.api.deps import settings_of
+from service.api.dispatch import compute_response
+from service.api.jsonbody import json_body_openapi, read_json_body
+from service.api.responses import JSONBytesResponse
+from service.api.routes.common import ERROR_RESPONSES
+from service.api.schemas import (
+    ExpressionObjective,
+    LandscapeRequest,
+    OptimizeRequest,
+    params_model,
+    params_schema,
+)
+from service.compute import optimize as engine
+from service.compute.expressions import Limits, compile_program
+from service.compute.objectives import OBJECTIVES
+from service.compute.optimizers import OPTIMIZERS, OptimizerSpec
+from service.compute.runtime import torch_errors
+from service.compute.tensors import scalar_to_wire
+from service.config import Settings
+from service.errors import InvalidInput, LimitExceeded
+
+router = APIRouter(tags=["optimisation"])
+
+
+@router.get("/v1/objectives", summary="Test functions: formulas, dimensions, domains and known minima")
+def list_objectives() -> dict[str, Any]:
+    return {
+        "objectives": [
+            {
+                "name": objective.name,
+                "formula": objective.formula,
+                "dimension": objective.dimension,
+                "domain": [list(box) for box in objective.box(objective.dimension or 2)],
+                "minima": [{"x": x, "value": value} for x, value in objective.minima(objective.dimension or 2)],
+            }
+            for objective in OBJECTIVES
+        ]
+    }
+
+
+@router.get("/v1/optimizers", summary="torch.optim optimizers and the JSON schema of their hyper-parameters")
+def list_optimizers() -> dict[str, Any]:
+    return {"optimizers": [{"name": spec.name, "doc": spec.doc, "params": params_schema(spec)} for spec in OPTIMIZERS]}
+
+
+def _objective(
+    field: str | ExpressionObjective, ctx: ComputeContext, settings: Settings, dimension: int | None
+) -> tuple[engine.Objective, Any]:
+    """The engine's objective, and the catalog entry (None for expressions)."""
+    if isinstance(field, str):
+        entry = OBJECTIVES.get(field)
+        if entry.dimension is not None and dimension is not None and dimension != entry.dimension:
+            raise InvalidInput(
+                f"{entry.name} is {entry.dimension}-dimensional, but the starts are {dimension}-dimensional.",
+                error_type="shape_mismatch",
+            )
+        return engine.Objective(entry.fn, batched=True), entry
+    limits = Limits(settings.expression_max_length, settings.expression_max_nodes, settings.expression_max_depth)
+    if field.variable in field.inputs:
+        raise InvalidInput(
+            f"'{field.variable}' is the variable; it cannot also be an input.", error_type="invalid_input"
+        )
+    names = frozenset({*field.inputs, field.variable})
+    program = compile_program(field.expression, names, ctx.dtype, ctx.device, limits, settings.max_elements)
+    constants = {name: ctx.tensor(value, f"objective.inputs.{name}") for name, value in field.inputs.items()}
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        value = program({**constants, field.variable: x})
+        if value.numel() != 1:
+            raise InvalidInput(
+                f"The objective must be a scalar, but has shape {list(value.shape)}.", error_type="not_scalar"
+            )
+        return value.reshape(())
+
+    return engine.Objective(fn, batched=False), None
+
+
+def _optimizers(field: Any) -> list[tuple[OptimizerSpec, dict[str, Any]]]:
+    choices = field if isinstance(field, list) else [field]
+    resolved = []
+    for index, choice in enumerate(choices):
+        name = choice if isinstance(choice, str) else choice.name
+        spec = OPTIMIZERS.get(name)
+        given = {} if isinstance(choice, str) else dict(choice.model_extra or {})
+        try:
+            validated = params_model(spec).model_validate(given)
+        except ValidationError as exc:
+            raise RequestValidationError(
+                [{**error, "loc": ("body", "optimizer", index, *error["loc"])} for error in exc.errors()]
+            ) from exc
+        resolved.append((spec, {key: getattr(validated, key) for key in type(validated).model_fields}))
+    return resolved
+
+
+def _starts(body: OptimizeRequest, ctx: ComputeContext) -> torch.Tensor:
+    if (body.x0 is None) == (body.starts is None):
+        raise InvalidInput("Give exactly one of x0 (one start) and starts (several).", error_type="invalid_input")
+    if body.x0 is not None:
+        x0 = ctx.tensor(body.x0, "x0")
+        if x0.dim() != 1 or not x0.numel():
+            raise InvalidInput(f"x0 must be a point of shape [d], not {list(x0.shape)}.", error_type="shape_mismatch")
+        return x0.unsqueeze(0)
+    starts = ctx.tensor(body.starts, "starts")
+    if starts.dim() != 2 or not starts.numel():
+        raise InvalidInput(f"starts must have shape [N, d], not {list(starts.shape)}.", error_type="shape_mismatch")
+    return starts
+
+
+@router.post(
+    "/v1/optimize",
+    summary="Run optimizers from many starts, with trajectories",
+    response_class=JSONBytesResponse,
+    responses=ERROR_RESPONSES,
+    openapi_extra=json_body_openapi(OptimizeRequest),
+)
+async def optimize(request: Request) -> JSONBytesResponse:
+    settings = settings_of(request)
+    body = await read_json_body(request, OptimizeRequest)
+    optimizers = _optimizers(body.optimizer)
+
+    def compute(ctx: ComputeContext) -> dict[str, Any]:
+        starts = _starts(body, ctx)
+        count = len(starts) * len(optimizers)
+        _limit("steps x runs", body.steps * count, settings.max_steps, "too_many_steps")
+        points = count * (body.steps // body.record_every + 2)
+        _limit("trajectory points", points, settings.max_trajectory_points, "trajectory_too_long")
+        objective, entry = _objective(body.objective, ctx, settings, starts.shape[1])
+        schedule = engine.Schedule(
+            body.steps, body.record_every, body.tolerance, time.monotonic() + settings.request_timeout_s
+        )
+        with torch_errors("the optimisation"):
+            runs = engine.optimize(objective, starts, optimizers, schedule)
+        return {"runs": [_run(run, optimizers, entry, ctx) for run in runs]}
+
+    return await compute_response(request, body, compute, inline=False)
+
+
+def _run(
+    run: engine.Run, optimizers: list[tuple[OptimizerSpec, dict[str, Any]]], entry: Any, ctx: ComputeContext
+) -> Any:
+    spec, settings = optimizers[run.optimizer]
+    nearest = None
+    if entry is not None:
+        distances = [(math.dist(run.x.tolist(), x), x, value) for x, value in entry.minima(run.x.numel())]
+        distance, x, value = min(distances)
+        nearest = {"x": x, "value": value, "distance": scalar_to_wire(distance)}
+    return {
+        "start": run.start,
+        "optimizer": {"name": spec.name, **settings},
+        "x0": ctx.wire(run.x0),
+        "x": ctx.wire(run.x),
+        "value": scalar_to_wire(run.value),
+        "grad_norm": scalar_to_wire(run.grad_norm),
+        "steps": run.steps,
+        "stopped": run.stopped,
+        "trajectory": {
+            "step": run.trajectory.step,
+            "x": [ctx.wire(x) for x in run.trajectory.x],
+            "value": [scalar_to_wire(value) for value in run.trajectory.value],
+        },
+        "nearest_minimum": nearest,
+    }
+
+
+def _limit(what: str, amount: int, limit: int, error_type: str) -> None:
+    if amount > limit:
+        raise LimitExceeded(
+            f"This request needs {amount} {what}, over the limit of {limit}.", error_type=error_type, limit=limit
+        )
+
+
+@router.post(
+    "/v1/landscape",
+    summary="Sample a 2-D objective on a grid, with its gradient field on request",
+    response_class=JSONBytesResponse,
+    responses=ERROR_RESPONSES,
+    openapi_extra=json_body_openapi(LandscapeRequest),
+)
+async def landscape(request: Request) -> JSONBytesResponse:
+    settings = settings_of(request)
+    body = await read_json_body(request, LandscapeRequest)
+    nx, ny = (body.resolution, body.resolution) if isinstance(body.resolution, int) else body.resolution
+    if nx < 2 or ny < 2:
+        raise InvalidInput("resolution must be at least 2 points per axis.", error_type="invalid_input")
+    for name, (lo, hi) in (("x_range", body.x_range), ("y_range", body.y_range)):
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise InvalidInput(f"{name} must be [lo, hi] with finite lo < hi.", error_type="invalid_input")
+    _limit("grid points", nx * ny, settings.max_grid_points, "grid_too_large")
+
+    def compute(ctx: ComputeContext) -> dict[str, Any]:
+        objective, _ = _objective(body.objective, ctx, settings, 2)
+        (x_lo, x_hi), (y_lo, y_hi) = body.x_range, body.y_range
+        xs = torch.linspace(x_lo, x_hi, nx, dtype=ctx.dtype, device=ctx.device)
+        ys = torch.linspace(y_lo, y_hi, ny, dtype=ctx.dtype, device=ctx.device)
+        grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).requires_grad_(body.gradient)
+        fn = objective.fn if objective.batched else torch.func.vmap(torch.func.vmap(objective.fn))
+        with torch_errors("the landscape"), torch.set_grad_enabled(body.gradient):
+            z = fn(grid)
+            grad = torch.autograd.grad(z.sum(), grid)[0] if body.gradient else None
+        return {"x": ctx.wire(xs), "y": ctx.wire(ys), "z": ctx.wire(z), "grad": ctx.wire(grad)}
+
+    return await compute_response(request, body, compute, inline=False)

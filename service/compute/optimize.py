@@ -1,0 +1,187 @@
+"""Optimisation runs: many starts and several optimizers, each run equal to an independent
+torch.optim loop (zero_grad, backward, step; a closure for lbfgs) from its start.
+
+Starts share one batched parameter per optimizer when the optimizer updates each element from
+its own gradient and state alone and the objective is batched over leading dimensions: the sum
+of the per-start values has exactly the per-start gradients, so every row gets exactly the
+update its own loop would. A run that stops early is frozen: its row is restored after each
+step, so the other runs go on unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from service.compute.optimizers import OptimizerSpec
+
+StopReason = Literal["max_steps", "tolerance", "diverged", "deadline"]
+DEADLINE_CHECK_EVERY = 64
+"""Steps between looks at the clock: a run overshoots its deadline by at most this many steps."""
+
+
+@dataclass
+class Trajectory:
+    step: list[int] = field(default_factory=list)
+    x: list[torch.Tensor] = field(default_factory=list)
+    value: list[float] = field(default_factory=list)
+
+
+@dataclass
+class Run:
+    start: int
+    optimizer: int
+    x0: torch.Tensor
+    x: torch.Tensor
+    value: float = math.nan
+    grad_norm: float = math.nan
+    steps: int = 0
+    stopped: StopReason = "max_steps"
+    trajectory: Trajectory = field(default_factory=Trajectory)
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What to minimise: ``fn`` maps [N, d] to [N] when ``batched``, else [d] to a scalar."""
+
+    fn: Callable[[torch.Tensor], torch.Tensor]
+    batched: bool
+
+
+Progress = Callable[[int, list[Run]], None]
+
+
+def _record(
+    runs: list[Run],
+    active: torch.Tensor,
+    rows: torch.Tensor,
+    values: torch.Tensor,
+    norms: torch.Tensor,
+    step: int,
+    stopping: torch.Tensor,
+    diverged: torch.Tensor,
+    steps: int,
+    out_of_time: bool,
+    record_every: int,
+) -> None:
+    """Update the active runs' state at ``step``, record trajectory points, and stop the runs
+    that end here (marking them inactive)."""
+    for i in torch.nonzero(active).flatten().tolist():
+        run = runs[i]
+        run.value, run.grad_norm, run.steps = float(values[i]), float(norms[i]), step
+        reason: StopReason | None = None
+        if bool(stopping[i]):
+            reason = "diverged" if bool(diverged[i]) else "tolerance"
+        elif step == steps:
+            reason = "max_steps"
+        elif out_of_time:
+            reason = "deadline"
+        if step % record_every == 0 or reason is not None:
+            run.trajectory.step.append(step)
+            run.trajectory.x.append(rows[i].detach().clone())
+            run.trajectory.value.append(run.value)
+        if reason is not None:
+            run.stopped = reason
+            active[i] = False
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How long runs go and what they report: ``deadline`` is a ``time.monotonic()`` instant;
+    ``on_progress(step, runs)`` is called at every recorded step of each group of runs."""
+
+    steps: int
+    record_every: int
+    tolerance: float | None = None
+    deadline: float | None = None
+    on_progress: Progress | None = None
+
+
+def optimize(
+    objective: Objective,
+    starts: torch.Tensor,
+    optimizers: Sequence[tuple[OptimizerSpec, Mapping[str, Any]]],
+    schedule: Schedule,
+) -> list[Run]:
+    """One run per start (rows of ``starts``) and optimizer, ordered by start then optimizer."""
+    runs: list[Run] = []
+    for index, (spec, settings) in enumerate(optimizers):
+        if objective.batched and spec.elementwise:
+            groups = [list(range(len(starts)))]
+        else:
+            groups = [[start] for start in range(len(starts))]
+        for group in groups:
+            runs += _run_group(objective, starts, group, index, spec, settings, schedule)
+    return sorted(runs, key=lambda run: (run.start, run.optimizer))
+
+
+def _run_group(
+    objective: Objective,
+    starts: torch.Tensor,
+    group: list[int],
+    optimizer_index: int,
+    spec: OptimizerSpec,
+    settings: Mapping[str, Any],
+    schedule: Schedule,
+) -> list[Run]:
+    batched = objective.batched and spec.elementwise
+    x = (starts[group] if batched else starts[group[0]]).detach().clone().requires_grad_(True)
+    rows = x if batched else x.unsqueeze(0)
+    runs = [
+        Run(start, optimizer_index, starts[start].detach().clone(), rows[i].detach()) for i, start in enumerate(group)
+    ]
+    optimizer = spec.build(x, settings)
+    active = torch.ones(len(group), dtype=torch.bool)
+
+    def evaluate() -> torch.Tensor:
+        values = objective.fn(x)
+        return values if batched else values.reshape(1)
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        total = evaluate().sum()
+        total.backward()  # type: ignore[no-untyped-call]
+        return total
+
+    steps, record_every, tolerance, deadline = (
+        schedule.steps,
+        schedule.record_every,
+        schedule.tolerance,
+        schedule.deadline,
+    )
+    frozen = x.detach().clone()
+    for step in range(steps + 1):
+        optimizer.zero_grad()
+        values = evaluate()
+        values.sum().backward()  # type: ignore[no-untyped-call]
+        assert x.grad is not None
+        with torch.no_grad():
+            grads = x.grad if batched else x.grad.unsqueeze(0)
+            norms = torch.linalg.vector_norm(grads, dim=-1)
+            diverged = ~(torch.isfinite(values) & torch.isfinite(grads).all(dim=-1))
+            stopping = diverged | (norms <= tolerance) if tolerance is not None else diverged
+            stopping &= active
+            out_of_time = deadline is not None and step % DEADLINE_CHECK_EVERY == 0 and time.monotonic() > deadline
+            if step % record_every == 0 or step == steps or out_of_time or bool(stopping.any()):
+                _record(runs, active, rows, values, norms, step, stopping, diverged, steps, out_of_time, record_every)
+                if schedule.on_progress is not None and step % record_every == 0:
+                    schedule.on_progress(step, runs)
+        if not bool(active.any()):
+            break
+        with torch.no_grad():
+            frozen.copy_(x)
+        if spec.elementwise:
+            optimizer.step()
+        else:
+            optimizer.step(closure)  # type: ignore[arg-type]  # LBFGS's closure returns the loss tensor
+        if batched and not bool(active.all()):
+            with torch.no_grad():
+                x[~active] = frozen[~active]
+    for i, run in enumerate(runs):
+        run.x = rows[i].detach().clone()
+    return runs

@@ -1,0 +1,133 @@
+"""torch.optim optimizers, each a registry entry with its hyper-parameters and their ranges."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from service.compute.registry import Param, Registry, defaults
+
+
+@dataclass(frozen=True, eq=False)
+class OptimizerSpec:
+    name: str
+    cls: type[torch.optim.Optimizer]
+    params: tuple[Param, ...]
+    doc: str
+    elementwise: bool = True
+    """Updates each element from its own gradient and state alone, so many starts can share one
+    batched parameter and still get exactly the updates of independent runs (lbfgs cannot)."""
+
+    def defaults(self) -> dict[str, Any]:
+        return defaults(self.params)
+
+    def build(self, parameter: torch.Tensor, settings: Mapping[str, Any]) -> torch.optim.Optimizer:
+        kwargs: dict[str, Any] = {
+            key: tuple(value) if isinstance(value, list) else value for key, value in settings.items()
+        }
+        if kwargs.get("line_search_fn") == "none":
+            kwargs["line_search_fn"] = None
+        build: Callable[..., torch.optim.Optimizer] = self.cls
+        return build([parameter], **kwargs)
+
+
+OPTIMIZERS: Registry[OptimizerSpec] = Registry("optimizer")
+
+
+def lr(default: float) -> Param:
+    return Param("lr", default, "Learning rate.", gt=0.0)
+
+
+BETAS = Param("betas", (0.9, 0.999), "Decay rates of the first and second moment averages.")
+WEIGHT_DECAY = Param("weight_decay", 0.0, "L2 penalty.", ge=0.0)
+
+
+def eps(default: float) -> Param:
+    return Param("eps", default, "Added to denominators for stability.", gt=0.0)
+
+
+def _register(name: str, cls: Callable[..., torch.optim.Optimizer], doc: str, *params: Param, **extra: Any) -> None:
+    OPTIMIZERS.register(OptimizerSpec(name, cls, params, doc, **extra))  # type: ignore[arg-type]
+
+
+AMSGRAD = Param("amsgrad", False, "Use the maximum of past second moments.")
+_register(
+    "sgd",
+    torch.optim.SGD,
+    "Stochastic gradient descent, with momentum and Nesterov momentum.",
+    lr(1e-3),
+    Param("momentum", 0.0, "Momentum factor.", ge=0.0),
+    Param("dampening", 0.0, "Dampening of momentum.", ge=0.0),
+    WEIGHT_DECAY,
+    Param("nesterov", False, "Nesterov momentum (needs momentum > 0 and dampening 0)."),
+)
+_register("adam", torch.optim.Adam, "Adam.", lr(1e-3), BETAS, eps(1e-8), WEIGHT_DECAY, AMSGRAD)
+_register(
+    "adamw",
+    torch.optim.AdamW,
+    "Adam with decoupled weight decay.",
+    lr(1e-3),
+    BETAS,
+    eps(1e-8),
+    Param("weight_decay", 1e-2, "Decoupled weight decay.", ge=0.0),
+    AMSGRAD,
+)
+_register(
+    "rmsprop",
+    torch.optim.RMSprop,
+    "RMSprop.",
+    lr(1e-2),
+    Param("alpha", 0.99, "Smoothing constant.", ge=0.0, le=1.0),
+    eps(1e-8),
+    WEIGHT_DECAY,
+    Param("momentum", 0.0, "Momentum factor.", ge=0.0),
+    Param("centered", False, "Normalise by the estimated variance."),
+)
+_register(
+    "adagrad",
+    torch.optim.Adagrad,
+    "Adagrad.",
+    lr(1e-2),
+    Param("lr_decay", 0.0, "Learning-rate decay.", ge=0.0),
+    WEIGHT_DECAY,
+    Param("initial_accumulator_value", 0.0, "Starting sum of squared gradients.", ge=0.0),
+    eps(1e-10),
+)
+_register(
+    "adadelta",
+    torch.optim.Adadelta,
+    "Adadelta.",
+    lr(1.0),
+    Param("rho", 0.9, "Decay rate of the squared-gradient average.", ge=0.0, le=1.0),
+    eps(1e-6),
+    WEIGHT_DECAY,
+)
+_register(
+    "adamax", torch.optim.Adamax, "Adamax (Adam with the infinity norm).", lr(2e-3), BETAS, eps(1e-8), WEIGHT_DECAY
+)
+_register(
+    "nadam",
+    torch.optim.NAdam,
+    "Adam with Nesterov momentum.",
+    lr(2e-3),
+    BETAS,
+    eps(1e-8),
+    WEIGHT_DECAY,
+    Param("momentum_decay", 4e-3, "Momentum decay.", ge=0.0),
+)
+_register("radam", torch.optim.RAdam, "Rectified Adam.", lr(1e-3), BETAS, eps(1e-8), WEIGHT_DECAY)
+_register(
+    "lbfgs",
+    torch.optim.LBFGS,
+    "L-BFGS; each step runs up to max_iter iterations, with a strong-Wolfe line search by default.",
+    lr(1.0),
+    Param("max_iter", 20, "Iterations per step.", ge=1, le=1000),
+    Param("history_size", 100, "Curvature pairs kept.", ge=1, le=1000),
+    Param("tolerance_grad", 1e-7, "Stops a step when the gradient is this small.", ge=0.0),
+    Param("tolerance_change", 1e-9, "Stops a step when values change this little.", ge=0.0),
+    Param("line_search_fn", "strong_wolfe", "Line search.", choices=("strong_wolfe", "none")),
+    elementwise=False,
+)
