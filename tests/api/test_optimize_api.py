@@ -1,0 +1,190 @@
+"""/v1/objectives, /v1/optimizers, /v1/optimize and /v1/landscape over HTTP."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from service.compute.objectives import OBJECTIVES
+from service.compute.optimizers import OPTIMIZERS
+from tests.compute.test_optimize import independent_loop
+from tests.conftest import AppClient, ClientFactory
+from tests.helpers import assert_error, from_wire, to_base64
+
+
+def test_catalogs(client: AppClient) -> None:
+    objectives = client.get("/v1/objectives").json()["objectives"]
+    assert [item["name"] for item in objectives] == [objective.name for objective in OBJECTIVES]
+    himmelblau = objectives[0]
+    assert himmelblau["dimension"] == 2
+    assert len(himmelblau["minima"]) == 4
+    assert himmelblau["domain"] == [[-6.0, 6.0], [-6.0, 6.0]]
+    optimizers = client.get("/v1/optimizers").json()["optimizers"]
+    assert [item["name"] for item in optimizers] == [spec.name for spec in OPTIMIZERS]
+    adam = optimizers[1]["params"]["properties"]
+    assert adam["lr"]["default"] == 0.001
+    assert adam["betas"]["default"] == [0.9, 0.999]
+
+
+def test_runs_equal_independent_loops(client: AppClient) -> None:
+    starts = torch.tensor([[1.0, 0.0], [-4.0, 0.0]], dtype=torch.float64)
+    body = {
+        "objective": "himmelblau",
+        "starts": to_base64(starts),
+        "optimizer": [{"name": "adam", "lr": 0.01}, {"name": "lbfgs", "max_iter": 5}],
+        "steps": 30,
+        "record_every": 10,
+        "dtype": "float64",
+    }
+    response = client.post("/v1/optimize", json=body)
+    assert response.status_code == 200, response.text
+    runs = response.json()["runs"]
+    assert [(run["start"], run["optimizer"]["name"]) for run in runs] == [
+        (0, "adam"),
+        (0, "lbfgs"),
+        (1, "adam"),
+        (1, "lbfgs"),
+    ]
+    himmelblau = OBJECTIVES.get("himmelblau").fn
+    for run in runs:
+        spec = OPTIMIZERS.get(run["optimizer"]["name"])
+        settings = {key: value for key, value in run["optimizer"].items() if key != "name"}
+        expected = independent_loop(spec, settings, himmelblau, starts[run["start"]], 30)
+        torch.testing.assert_close(from_wire(run["x"]), expected, rtol=0, atol=1e-7)
+        assert run["trajectory"]["step"][0] == 0
+        assert run["nearest_minimum"]["distance"] >= 0
+        assert run["stopped"] in {"max_steps", "tolerance"}
+
+
+def test_expression_objective_fits_the_seed_perceptron(client: AppClient) -> None:
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 10, generator=generator, dtype=torch.float64)
+    w0 = torch.randn(2, 10, generator=generator, dtype=torch.float64)
+    body = {
+        "objective": {
+            "expression": "o = sigmoid(x @ w.T)\nmse(ones_like(o), o)",
+            "variable": "w",
+            "inputs": {"x": x.tolist()},
+        },
+        "x0": w0.reshape(-1).tolist(),
+        "optimizer": {"name": "sgd", "lr": 0.5},
+        "steps": 3,
+        "dtype": "float64",
+    }
+    # The variable must be a point [d]: the expression sees it flat, so reshape inside.
+    body["objective"]["expression"] = "W = reshape(w, 2, 10)\no = sigmoid(x @ W.T)\nmse(ones_like(o), o)"
+    run = client.post("/v1/optimize", json=body).json()["runs"][0]
+    leaf = w0.clone().requires_grad_(True)
+    optimizer = torch.optim.SGD([leaf], lr=0.5)
+    for _ in range(3):
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(torch.ones(1, 2, dtype=torch.float64), torch.sigmoid(x @ leaf.t())).backward()
+        optimizer.step()
+    torch.testing.assert_close(from_wire(run["x"]), leaf.detach().reshape(-1), rtol=0, atol=1e-12)
+    assert run["nearest_minimum"] is None
+
+
+def test_landscape(client: AppClient) -> None:
+    body = {
+        "objective": "himmelblau",
+        "x_range": [-6, 6],
+        "y_range": [-5, 5],
+        "resolution": [4, 3],
+        "gradient": True,
+        "dtype": "float64",
+    }
+    data = client.post("/v1/landscape", json=body).json()
+    xs, ys = torch.tensor(data["x"]), torch.tensor(data["y"])
+    z, grad = from_wire(data["z"]), from_wire(data["grad"])
+    assert z.shape == (3, 4)
+    assert grad.shape == (3, 4, 2)
+    himmelblau = OBJECTIVES.get("himmelblau").fn
+    for j in range(3):
+        for i in range(4):
+            point = torch.tensor([xs[i], ys[j]], dtype=torch.float64, requires_grad=True)
+            value = himmelblau(point)
+            (expected,) = torch.autograd.grad(value, point)
+            assert z[j, i] == value.item()
+            torch.testing.assert_close(grad[j, i], expected)
+
+
+def test_landscape_of_an_expression(client: AppClient) -> None:
+    body = {
+        "objective": {"expression": "x[0] ** 2 + 3 * x[1]"},
+        "x_range": [-1, 1],
+        "y_range": [0, 2],
+        "resolution": 3,
+        "gradient": True,
+    }
+    data = client.post("/v1/landscape", json=body).json()
+    assert data["z"] == [[1.0, 0.0, 1.0], [4.0, 3.0, 4.0], [7.0, 6.0, 7.0]]
+    assert data["grad"][0][0] == [-2.0, 3.0]
+
+
+BAD: list[tuple[str, dict[str, Any], int, str]] = [
+    ("/v1/optimize", {"objective": "himmelblau", "x0": [1, 0, 0]}, 400, "shape_mismatch"),
+    ("/v1/optimize", {"objective": "himmelblau"}, 400, "invalid_input"),
+    ("/v1/optimize", {"objective": "himmelblau", "x0": [1, 0], "starts": [[1, 0]]}, 400, "invalid_input"),
+    ("/v1/optimize", {"objective": "himmelblau", "starts": [1, 0]}, 400, "shape_mismatch"),
+    ("/v1/optimize", {"objective": "himmelblau", "x0": [[1, 0], [2]]}, 400, "ragged_array"),
+    ("/v1/optimize", {"objective": {"expression": "x * 2"}, "x0": [1, 0], "steps": 2}, 400, "not_scalar"),
+    ("/v1/optimize", {"objective": {"expression": "x.__class__"}, "x0": [1, 0]}, 400, "invalid_expression"),
+    ("/v1/optimize", {"objective": "nope", "x0": [1, 0]}, 404, "unknown_objective"),
+    ("/v1/optimize", {"objective": "himmelblau", "x0": [1, 0], "optimizer": "newton"}, 404, "unknown_optimizer"),
+    (
+        "/v1/optimize",
+        {"objective": "himmelblau", "x0": [1, 0], "optimizer": {"name": "adam", "lr": 0}},
+        422,
+        "validation_error",
+    ),
+    (
+        "/v1/optimize",
+        {"objective": "himmelblau", "x0": [1, 0], "optimizer": {"name": "adam", "momentum": 1}},
+        422,
+        "validation_error",
+    ),
+    (
+        "/v1/optimize",
+        {"objective": "himmelblau", "x0": [1, 0], "optimizer": {"name": "sgd", "nesterov": True}},
+        400,
+        "computation_failed",
+    ),
+    ("/v1/optimize", {"objective": "himmelblau", "x0": [1, 0], "steps": -1}, 422, "validation_error"),
+    ("/v1/optimize", {"objective": "himmelblau", "x0": [1, 0], "record_every": 0}, 422, "validation_error"),
+    ("/v1/optimize", {"objective": "himmelblau", "x0": [1, 0], "steps": 10**9}, 413, "too_many_steps"),
+    (
+        "/v1/optimize",
+        {"objective": "himmelblau", "x0": [1, 0], "steps": 10**6, "record_every": 1},
+        413,
+        "trajectory_too_long",
+    ),
+    ("/v1/landscape", {"objective": "himmelblau", "x_range": [1, -1], "y_range": [0, 1]}, 400, "invalid_input"),
+    (
+        "/v1/landscape",
+        {"objective": "himmelblau", "x_range": [0, 1], "y_range": [0, 1], "resolution": 1},
+        400,
+        "invalid_input",
+    ),
+    (
+        "/v1/landscape",
+        {"objective": "himmelblau", "x_range": [0, 1], "y_range": [0, 1], "resolution": 10**4},
+        413,
+        "grid_too_large",
+    ),
+    ("/v1/landscape", {"objective": "rosenbrock", "x_range": [0, 1]}, 422, "validation_error"),
+    ("/v1/landscape", {"objective": "beale", "x_range": [0, 1, 2], "y_range": [0, 1]}, 422, "validation_error"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "status", "error_type"), BAD)
+def test_bad_requests(client: AppClient, path: str, body: dict[str, Any], status: int, error_type: str) -> None:
+    assert_error(client.post(path, json=body), status, error_type)
+
+
+def test_limits_are_reported(make_client: ClientFactory) -> None:
+    limits = make_client(max_steps=5).get("/v1/info").json()["limits"]
+    assert limits["max_steps"] == 5
+    assert "max_trajectory_points" in limits
+    assert "max_grid_points" in limits
