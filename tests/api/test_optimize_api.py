@@ -62,9 +62,10 @@ def test_expression_objective_fits_the_seed_perceptron(client: AppClient) -> Non
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(1, 10, generator=generator, dtype=torch.float64)
     w0 = torch.randn(2, 10, generator=generator, dtype=torch.float64)
+    # The variable is a point [d]: the expression reshapes it into the weight matrix.
     body = {
         "objective": {
-            "expression": "o = sigmoid(x @ w.T)\nmse(ones_like(o), o)",
+            "expression": "W = reshape(w, 2, 10)\no = sigmoid(x @ W.T)\nmse(ones_like(o), o)",
             "variable": "w",
             "inputs": {"x": x.tolist()},
         },
@@ -73,8 +74,6 @@ def test_expression_objective_fits_the_seed_perceptron(client: AppClient) -> Non
         "steps": 3,
         "dtype": "float64",
     }
-    # The variable must be a point [d]: the expression sees it flat, so reshape inside.
-    body["objective"]["expression"] = "W = reshape(w, 2, 10)\no = sigmoid(x @ W.T)\nmse(ones_like(o), o)"
     run = client.post("/v1/optimize", json=body).json()["runs"][0]
     leaf = w0.clone().requires_grad_(True)
     optimizer = torch.optim.SGD([leaf], lr=0.5)
