@@ -100,6 +100,12 @@ class Schedule:
     tolerance: float | None = None
     deadline: float | None = None
     on_progress: Progress | None = None
+    cancelled: Callable[[], bool] | None = None
+    """Checked with the deadline: once true, the runs stop where they are (a client went away)."""
+
+    def out_of_time(self) -> bool:
+        late = self.deadline is not None and time.monotonic() > self.deadline
+        return late or (self.cancelled is not None and self.cancelled())
 
 
 def optimize(
@@ -148,12 +154,7 @@ def _run_group(
         total.backward()  # type: ignore[no-untyped-call]
         return total
 
-    steps, record_every, tolerance, deadline = (
-        schedule.steps,
-        schedule.record_every,
-        schedule.tolerance,
-        schedule.deadline,
-    )
+    steps, record_every, tolerance = schedule.steps, schedule.record_every, schedule.tolerance
     frozen = x.detach().clone()
     for step in range(steps + 1):
         optimizer.zero_grad()
@@ -166,7 +167,7 @@ def _run_group(
             diverged = ~(torch.isfinite(values) & torch.isfinite(grads).all(dim=-1))
             stopping = diverged | (norms <= tolerance) if tolerance is not None else diverged
             stopping &= active
-            out_of_time = deadline is not None and step % DEADLINE_CHECK_EVERY == 0 and time.monotonic() > deadline
+            out_of_time = step % DEADLINE_CHECK_EVERY == 0 and schedule.out_of_time()
             if step % record_every == 0 or step == steps or out_of_time or bool(stopping.any()):
                 _record(runs, active, rows, values, norms, step, stopping, diverged, steps, out_of_time, record_every)
                 if schedule.on_progress is not None and step % record_every == 0:

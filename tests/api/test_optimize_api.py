@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 import torch
 
@@ -187,3 +188,45 @@ def test_limits_are_reported(make_client: ClientFactory) -> None:
     assert limits["max_steps"] == 5
     assert "max_trajectory_points" in limits
     assert "max_grid_points" in limits
+
+
+def parse_events(text: str) -> list[tuple[str, Any]]:
+    events = []
+    for block in text.strip().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines())
+        events.append((fields["event"], orjson.loads(fields["data"])))
+    return events
+
+
+def test_streamed_progress_then_result(client: AppClient) -> None:
+    body = {"objective": "himmelblau", "starts": [[1, 0], [-4, 0]], "steps": 40, "record_every": 10, "dtype": "float64"}
+    response = client.post("/v1/optimize", json=body, headers={"accept": "text/event-stream"})
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = parse_events(response.text)
+    kinds = [kind for kind, _ in events]
+    assert kinds == ["progress"] * 5 + ["result"]
+    assert [data["step"] for _, data in events[:-1]] == [0, 10, 20, 30, 40]
+    assert [run["start"] for run in events[0][1]["runs"]] == [0, 1]
+    plain = client.post("/v1/optimize", json=body).json()
+    result = events[-1][1]
+    assert [run["x"] for run in result["runs"]] == [run["x"] for run in plain["runs"]]
+    assert events[-2][1]["runs"][0]["x"] == plain["runs"][0]["x"]
+
+
+def test_streamed_errors_are_events_or_statuses(client: AppClient) -> None:
+    headers = {"accept": "text/event-stream"}
+    unknown = client.post("/v1/optimize", json={"objective": "nope", "x0": [1, 0]}, headers=headers)
+    assert unknown.status_code == 404
+    response = client.post("/v1/optimize", json={"objective": "himmelblau", "x0": [1, 0, 2]}, headers=headers)
+    assert parse_events(response.text) == [
+        (
+            "error",
+            {
+                "error": {
+                    "type": "shape_mismatch",
+                    "message": "himmelblau is 2-dimensional, but the starts are 3-dimensional.",
+                }
+            },
+        )
+    ]

@@ -108,6 +108,22 @@ def test_sandbox_corpus_leaves_the_server_healthy(server: Server) -> None:
         assert ok.json()["grad"]["x"] == [2.0, 4.0]
 
 
+def test_a_client_that_disconnects_stops_its_run(server: Server) -> None:
+    base, *_ = server
+    long_run = {"objective": "rosenbrock", "x0": [0.0, 0.0], "steps": 5_000_000, "record_every": 500}
+    with (
+        httpx.Client(base_url=base, timeout=30) as client,
+        client.stream("POST", "/v1/optimize", json=long_run, headers={"accept": "text/event-stream"}) as stream,
+    ):
+        lines = stream.iter_lines()
+        assert next(lines) == "event: progress"
+    # The stream is closed. The compute pool has one slot: it is free again only if the run stopped.
+    started = time.monotonic()
+    short = httpx.post(f"{base}/v1/optimize", json={"objective": "sphere", "x0": [1.0], "steps": 1}, timeout=60)
+    assert short.status_code == 200
+    assert time.monotonic() - started < 30  # the 5,000,000-step run alone would take far longer
+
+
 def test_sigterm_stops_the_server_cleanly(server: Server) -> None:
     _, process, log = server
     process.send_signal(signal.SIGTERM)

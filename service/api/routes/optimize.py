@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import math
+import threading
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
+import anyio.from_thread
 import torch
-from fastapi import APIRouter, Request
+from anyio.streams.memory import MemoryObjectSendStream
+from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import StreamingResponse
+from fastapi.sse import format_sse_event
 from pydantic import ValidationError
 
 from service.api.context import ComputeContext
 from service.api.deps import settings_of
 from service.api.dispatch import compute_response
 from service.api.jsonbody import json_body_openapi, read_json_body
-from service.api.responses import JSONBytesResponse
+from service.api.responses import JSONBytesResponse, dump_json
 from service.api.routes.common import ERROR_RESPONSES
 from service.api.schemas import (
     ExpressionObjective,
@@ -31,7 +38,7 @@ from service.compute.optimizers import OPTIMIZERS, OptimizerSpec
 from service.compute.runtime import torch_errors
 from service.compute.tensors import scalar_to_wire
 from service.config import Settings
-from service.errors import InvalidInput, LimitExceeded
+from service.errors import InvalidInput, LimitExceeded, ServiceError
 
 router = APIRouter(tags=["optimisation"])
 
@@ -122,15 +129,40 @@ def _starts(body: OptimizeRequest, ctx: ComputeContext) -> torch.Tensor:
 
 @router.post(
     "/v1/optimize",
-    summary="Run optimizers from many starts, with trajectories",
+    summary="Run optimizers from many starts, with trajectories; streamed as events on request",
+    description="With `Accept: text/event-stream` the response is a stream of `progress` events (the step and "
+    "each run's current x and value at every `record_every`), then one `result` event holding the usual body "
+    "(or one `error` event). A client that disconnects stops the computation.",
     response_class=JSONBytesResponse,
     responses=ERROR_RESPONSES,
     openapi_extra=json_body_openapi(OptimizeRequest),
 )
-async def optimize(request: Request) -> JSONBytesResponse:
+async def optimize(request: Request) -> Response:
     settings = settings_of(request)
     body = await read_json_body(request, OptimizeRequest)
     optimizers = _optimizers(body.optimizer)
+    if isinstance(body.objective, str):
+        OBJECTIVES.get(body.objective)  # an unknown name is a 404 before any stream starts
+    streamed = "text/event-stream" in request.headers.get("accept", "")
+    events: MemoryObjectSendStream[bytes] | None = None
+    cancelled = threading.Event()
+
+    def on_progress(step: int, runs: list[engine.Run]) -> None:
+        assert events is not None
+        state = [
+            {
+                "start": run.start,
+                "optimizer": run.optimizer,
+                "x": run.trajectory.x[-1].tolist(),
+                "value": scalar_to_wire(run.value),
+            }
+            for run in runs
+            if run.trajectory.step and run.trajectory.step[-1] == step
+        ]
+        try:
+            anyio.from_thread.run_sync(events.send_nowait, _event("progress", {"step": step, "runs": state}))
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            cancelled.set()  # nobody is listening any more
 
     def compute(ctx: ComputeContext) -> dict[str, Any]:
         starts = _starts(body, ctx)
@@ -140,13 +172,46 @@ async def optimize(request: Request) -> JSONBytesResponse:
         _limit("trajectory points", points, settings.max_trajectory_points, "trajectory_too_long")
         objective, entry = _objective(body.objective, ctx, settings, starts.shape[1])
         schedule = engine.Schedule(
-            body.steps, body.record_every, body.tolerance, time.monotonic() + settings.request_timeout_s
+            body.steps,
+            body.record_every,
+            body.tolerance,
+            time.monotonic() + settings.request_timeout_s,
+            on_progress if streamed else None,
+            cancelled.is_set,
         )
         with torch_errors("the optimisation"):
             runs = engine.optimize(objective, starts, optimizers, schedule)
         return {"runs": [_run(run, optimizers, entry, ctx) for run in runs]}
 
-    return await compute_response(request, body, compute, inline=False)
+    if not streamed:
+        return await compute_response(request, body, compute, inline=False)
+    events, received = anyio.create_memory_object_stream[bytes](max_buffer_size=math.inf)
+
+    async def produce() -> None:
+        assert events is not None
+        async with events:
+            try:
+                response = await compute_response(request, body, compute, inline=False)
+                await events.send(_event("result", raw=bytes(response.body)))
+            except ServiceError as error:
+                await events.send(_event("error", error.body()))
+
+    async def stream() -> AsyncIterator[bytes]:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(produce)
+            try:
+                async with received:
+                    async for event in received:
+                        yield event
+            finally:
+                cancelled.set()  # the client went away (or the stream ended): stop computing
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def _event(kind: str, data: Any = None, raw: bytes | None = None) -> bytes:
+    text = (raw if raw is not None else dump_json(data)).decode()
+    return format_sse_event(data_str=text, event=kind)
 
 
 def _run(
