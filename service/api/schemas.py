@@ -237,6 +237,12 @@ class OptimizeRequest(ComputeRequest):
     steps: int = Field(20_000, ge=0, description="Optimizer steps per run.")
     record_every: int = Field(2_000, ge=1, description="Trajectory sampling interval, in steps.")
     tolerance: float | None = Field(None, ge=0, description="Stop a run once its gradient norm is at most this.")
+    report: Literal["runs", "summary"] = Field(
+        "runs",
+        description="runs: every run with its trajectory. summary: the final points and values as tensors "
+        "[runs, d] and [runs], and how many runs reached each known minimum (for basins of attraction).",
+    )
+    reach_tolerance: float = Field(1e-3, gt=0, description="Distance within which a run has reached a minimum.")
 
     model_config = ConfigDict(
         json_schema_extra={

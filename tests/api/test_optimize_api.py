@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import orjson
@@ -230,3 +231,32 @@ def test_streamed_errors_are_events_or_statuses(client: AppClient) -> None:
             },
         )
     ]
+
+
+def test_summary_report_counts_basins(client: AppClient) -> None:
+    grid = torch.cartesian_prod(torch.linspace(-5, 5, 6), torch.linspace(-5, 5, 6)).to(torch.float64)
+    body = {
+        "objective": "himmelblau",
+        "starts": to_base64(grid),
+        "optimizer": {"name": "lbfgs"},
+        "steps": 20,
+        "tolerance": 1e-9,
+        "report": "summary",
+        "encoding": "base64",
+        "dtype": "float64",
+    }
+    summary = client.post("/v1/optimize", json=body).json()["summary"]
+    points = from_wire(summary["x"])
+    assert points.shape == (36, 2)
+    assert from_wire(summary["value"]).shape == (36,)
+    assert summary["start"] == list(range(36))
+    counts = [minimum["count"] for minimum in summary["minima"]]
+    himmelblau = OBJECTIVES.get("himmelblau")
+    expected = [0, 0, 0, 0]
+    for point in points.tolist():
+        distances = [math.dist(point, x) for x, _ in himmelblau.minima(2)]
+        if min(distances) <= 1e-3:
+            expected[distances.index(min(distances))] += 1
+    assert counts == expected
+    assert sum(counts) >= 30  # nearly every start of this grid reaches one of the four minima
+    assert sum(summary["stopped"].values()) == 36

@@ -168,8 +168,9 @@ async def optimize(request: Request) -> Response:
         starts = _starts(body, ctx)
         count = len(starts) * len(optimizers)
         _limit("steps x runs", body.steps * count, settings.max_steps, "too_many_steps")
-        points = count * (body.steps // body.record_every + 2)
-        _limit("trajectory points", points, settings.max_trajectory_points, "trajectory_too_long")
+        if body.report == "runs":
+            points = count * (body.steps // body.record_every + 2)
+            _limit("trajectory points", points, settings.max_trajectory_points, "trajectory_too_long")
         objective, entry = _objective(body.objective, ctx, settings, starts.shape[1])
         schedule = engine.Schedule(
             body.steps,
@@ -181,6 +182,8 @@ async def optimize(request: Request) -> Response:
         )
         with torch_errors("the optimisation"):
             runs = engine.optimize(objective, starts, optimizers, schedule)
+        if body.report == "summary":
+            return {"summary": _summary(runs, optimizers, entry, body.reach_tolerance, ctx)}
         return {"runs": [_run(run, optimizers, entry, ctx) for run in runs]}
 
     if not streamed:
@@ -238,6 +241,40 @@ def _run(
             "value": [scalar_to_wire(value) for value in run.trajectory.value],
         },
         "nearest_minimum": nearest,
+    }
+
+
+def _summary(
+    runs: list[engine.Run],
+    optimizers: list[tuple[OptimizerSpec, dict[str, Any]]],
+    entry: Any,
+    reach: float,
+    ctx: ComputeContext,
+) -> dict[str, Any]:
+    """Final points and values as tensors, in run order (start-major), and basin counts."""
+    points = torch.stack([run.x for run in runs])
+    stopped: dict[str, int] = {}
+    for run in runs:
+        stopped[run.stopped] = stopped.get(run.stopped, 0) + 1
+    minima = None
+    if entry is not None:
+        known = entry.minima(points.shape[1])
+        targets = torch.tensor([x for x, _ in known], dtype=points.dtype, device=points.device)
+        distances = torch.cdist(points, targets)
+        closest = distances.argmin(dim=1)
+        reached = distances.min(dim=1).values <= reach
+        minima = [
+            {"x": x, "value": value, "count": int(((closest == index) & reached).sum())}
+            for index, (x, value) in enumerate(known)
+        ]
+    return {
+        "start": [run.start for run in runs],
+        "optimizer": [optimizers[run.optimizer][0].name for run in runs],
+        "x": ctx.wire(points),
+        "value": ctx.wire(torch.tensor([run.value for run in runs], dtype=points.dtype)),
+        "steps": [run.steps for run in runs],
+        "stopped": stopped,
+        "minima": minima,
     }
 
 
