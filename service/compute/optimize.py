@@ -68,9 +68,10 @@ def _record(
     steps: int,
     out_of_time: bool,
     record_every: int,
-) -> None:
+) -> int:
     """Update the active runs' state at ``step``, record trajectory points, and stop the runs
-    that end here (marking them inactive)."""
+    that end here (marking them inactive); returns how many stopped."""
+    stopped = 0
     for i in torch.nonzero(active).flatten().tolist():
         run = runs[i]
         run.value, run.grad_norm, run.steps = float(values[i]), float(norms[i]), step
@@ -88,6 +89,8 @@ def _record(
         if reason is not None:
             run.stopped = reason
             active[i] = False
+            stopped += 1
+    return stopped
 
 
 @dataclass(frozen=True)
@@ -156,6 +159,7 @@ def _run_group(
 
     steps, record_every, tolerance = schedule.steps, schedule.record_every, schedule.tolerance
     frozen = x.detach().clone()
+    running = len(group)
     for step in range(steps + 1):
         optimizer.zero_grad()
         values = evaluate()
@@ -163,24 +167,32 @@ def _run_group(
         assert x.grad is not None
         with torch.no_grad():
             grads = x.grad if batched else x.grad.unsqueeze(0)
-            norms = torch.linalg.vector_norm(grads, dim=-1)
-            diverged = ~(torch.isfinite(values) & torch.isfinite(grads).all(dim=-1))
-            stopping = diverged | (norms <= tolerance) if tolerance is not None else diverged
-            stopping &= active
+            # One cheap test per step; the exact per-run checks run only when something may stop.
+            suspicious = not math.isfinite(float(values.sum() + grads.sum()))
+            norms = torch.linalg.vector_norm(grads, dim=-1) if tolerance is not None else None
+            converged = norms is not None and tolerance is not None and bool((norms[active] <= tolerance).any())
             out_of_time = step % DEADLINE_CHECK_EVERY == 0 and schedule.out_of_time()
-            if step % record_every == 0 or step == steps or out_of_time or bool(stopping.any()):
-                _record(runs, active, rows, values, norms, step, stopping, diverged, steps, out_of_time, record_every)
+            if step % record_every == 0 or step == steps or out_of_time or suspicious or converged:
+                norms = torch.linalg.vector_norm(grads, dim=-1) if norms is None else norms
+                diverged = ~(torch.isfinite(values) & torch.isfinite(grads).all(dim=-1))
+                stopping = diverged | (norms <= tolerance) if tolerance is not None else diverged
+                stopping &= active
+                running -= _record(
+                    runs, active, rows, values, norms, step, stopping, diverged, steps, out_of_time, record_every
+                )
                 if schedule.on_progress is not None and step % record_every == 0:
                     schedule.on_progress(step, runs)
-        if not bool(active.any()):
+        if running == 0:
             break
-        with torch.no_grad():
-            frozen.copy_(x)
+        partial = batched and running < len(group)
+        if partial:
+            with torch.no_grad():
+                frozen.copy_(x)
         if spec.elementwise:
             optimizer.step()
         else:
             optimizer.step(closure)  # type: ignore[arg-type]  # LBFGS's closure returns the loss tensor
-        if batched and not bool(active.all()):
+        if partial:
             with torch.no_grad():
                 x[~active] = frozen[~active]
     for i, run in enumerate(runs):
