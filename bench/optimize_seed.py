@@ -59,7 +59,9 @@ def main() -> None:
             timings.append(time.perf_counter() - started)
             response.raise_for_status()
     finals = [run["x"] for run in response.json()["runs"]]
-    difference = max(abs(a - b) for got, want in zip(finals, seed_finals, strict=True) for a, b in zip(got, want))
+    difference = max(
+        abs(a - b) for got, want in zip(finals, seed_finals, strict=True) for a, b in zip(got, want, strict=True)
+    )
     print(
         f"seed's case: {len(STARTS)} starts x {args.steps} Adam steps, float32; largest |x - seed x| = {difference:.2e}"
     )
