@@ -32,7 +32,7 @@ def seed_loop(steps: int) -> tuple[float, list[list[float]]]:
         for _ in range(steps):
             pred = himmelblau(x)
             optimizer.zero_grad()
-            pred.backward()  # type: ignore[no-untyped-call]
+            pred.backward()
             optimizer.step()
         finals.append(x.tolist())
     return time.perf_counter() - started, finals
