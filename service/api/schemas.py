@@ -226,7 +226,7 @@ class OptimizerChoice(BaseModel):
     name: str
 
 
-OptimizerField = str | OptimizerChoice | list[str | OptimizerChoice]
+OptimizerField = str | OptimizerChoice | Annotated[list[str | OptimizerChoice], Field(min_length=1)]
 
 
 class OptimizeRequest(ComputeRequest):

@@ -21,8 +21,10 @@ import torch
 from service.compute.optimizers import OptimizerSpec
 
 StopReason = Literal["max_steps", "tolerance", "diverged", "deadline"]
-DEADLINE_CHECK_EVERY = 64
-"""Steps between looks at the clock: a run overshoots its deadline by at most this many steps."""
+
+
+class OutOfTime(Exception):
+    """Raised inside an lbfgs step whose deadline passed, to abandon the step."""
 
 
 @dataclass
@@ -68,6 +70,7 @@ def _record(
     steps: int,
     out_of_time: bool,
     record_every: int,
+    trajectories: bool = True,
 ) -> int:
     """Update the active runs' state at ``step``, record trajectory points, and stop the runs
     that end here (marking them inactive); returns how many stopped."""
@@ -75,6 +78,7 @@ def _record(
     for i in torch.nonzero(active).flatten().tolist():
         run = runs[i]
         run.value, run.grad_norm, run.steps = float(values[i]), float(norms[i]), step
+        run.x = rows[i].detach().clone()
         reason: StopReason | None = None
         if bool(stopping[i]):
             reason = "diverged" if bool(diverged[i]) else "tolerance"
@@ -82,7 +86,7 @@ def _record(
             reason = "max_steps"
         elif out_of_time:
             reason = "deadline"
-        if step % record_every == 0 or reason is not None:
+        if trajectories and (step % record_every == 0 or reason is not None):
             run.trajectory.step.append(step)
             run.trajectory.x.append(rows[i].detach().clone())
             run.trajectory.value.append(run.value)
@@ -105,6 +109,8 @@ class Schedule:
     on_progress: Progress | None = None
     cancelled: Callable[[], bool] | None = None
     """Checked with the deadline: once true, the runs stop where they are (a client went away)."""
+    trajectories: bool = True
+    """Record trajectory points (a summary report does without them)."""
 
     def out_of_time(self) -> bool:
         late = self.deadline is not None and time.monotonic() > self.deadline
@@ -145,13 +151,15 @@ def _run_group(
         Run(start, optimizer_index, starts[start].detach().clone(), rows[i].detach()) for i, start in enumerate(group)
     ]
     optimizer = spec.build(x, settings)
-    active = torch.ones(len(group), dtype=torch.bool)
+    active = torch.ones(len(group), dtype=torch.bool, device=x.device)
 
     def evaluate() -> torch.Tensor:
         values = objective.fn(x)
         return values if batched else values.reshape(1)
 
     def closure() -> torch.Tensor:
+        if schedule.out_of_time():  # one lbfgs step can run max_iter evaluations: look at each
+            raise OutOfTime
         optimizer.zero_grad()
         total = evaluate().sum()
         total.backward()  # type: ignore[no-untyped-call]
@@ -163,15 +171,17 @@ def _run_group(
     for step in range(steps + 1):
         optimizer.zero_grad()
         values = evaluate()
-        values.sum().backward()  # type: ignore[no-untyped-call]
-        assert x.grad is not None
+        if values.requires_grad:
+            values.sum().backward()  # type: ignore[no-untyped-call]
+        if x.grad is None:  # the objective does not depend on x: its gradient is zero
+            x.grad = torch.zeros_like(x)
         with torch.no_grad():
             grads = x.grad if batched else x.grad.unsqueeze(0)
             # One cheap test per step; the exact per-run checks run only when something may stop.
             suspicious = not math.isfinite(float(values.sum() + grads.sum()))
             norms = torch.linalg.vector_norm(grads, dim=-1) if tolerance is not None else None
             converged = norms is not None and tolerance is not None and bool((norms[active] <= tolerance).any())
-            out_of_time = step % DEADLINE_CHECK_EVERY == 0 and schedule.out_of_time()
+            out_of_time = schedule.out_of_time()
             if step % record_every == 0 or step == steps or out_of_time or suspicious or converged:
                 norms = torch.linalg.vector_norm(grads, dim=-1) if norms is None else norms
                 diverged = ~(torch.isfinite(values) & torch.isfinite(grads).all(dim=-1))
@@ -185,13 +195,20 @@ def _run_group(
         if running == 0:
             break
         partial = batched and running < len(group)
-        if partial:
+        if partial or not spec.elementwise:
             with torch.no_grad():
                 frozen.copy_(x)
         if spec.elementwise:
             optimizer.step()
         else:
-            optimizer.step(closure)  # type: ignore[arg-type]  # LBFGS's closure returns the loss tensor
+            try:
+                optimizer.step(closure)  # type: ignore[arg-type]  # LBFGS's closure returns the loss tensor
+            except OutOfTime:
+                with torch.no_grad():
+                    x.copy_(frozen)  # back to where the abandoned step began
+                for i in torch.nonzero(active).flatten().tolist():
+                    runs[i].stopped = "deadline"
+                break
         if partial:
             with torch.no_grad():
                 x[~active] = frozen[~active]

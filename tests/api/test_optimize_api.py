@@ -260,3 +260,100 @@ def test_summary_report_counts_basins(client: AppClient) -> None:
     assert counts == expected
     assert sum(counts) >= 30  # nearly every start of this grid reaches one of the four minima
     assert sum(summary["stopped"].values()) == 36
+
+
+REVIEW_CASES: list[tuple[str, dict[str, Any], int, str]] = [
+    (
+        "/v1/optimize",
+        {"objective": "himmelblau", "x0": [1, 0], "optimizer": [], "report": "summary"},
+        422,
+        "validation_error",
+    ),
+    (
+        "/v1/optimize",
+        {"objective": "himmelblau", "x0": [1, 0], "steps": 600_000, "optimizer": "lbfgs"},
+        413,
+        "too_many_steps",
+    ),
+    (
+        "/v1/optimize",
+        {"objective": "sphere", "x0": [1.0] * 20_000, "optimizer": {"name": "lbfgs", "history_size": 1000}, "steps": 1},
+        413,
+        "state_too_large",
+    ),
+    (
+        "/v1/optimize",
+        {"objective": "sphere", "x0": [1.0] * 50_000, "steps": 200, "record_every": 1},
+        413,
+        "trajectory_too_long",
+    ),
+    (
+        "/v1/landscape",
+        {
+            "objective": {"expression": "sum(x[0] * c + x[1])", "inputs": {"c": [0.001] * 1000}},
+            "x_range": [-1, 1],
+            "y_range": [-1, 1],
+            "resolution": 300,
+        },
+        413,
+        "intermediate_too_large",
+    ),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "status", "error_type"), REVIEW_CASES)
+def test_review_cases(client: AppClient, path: str, body: dict[str, Any], status: int, error_type: str) -> None:
+    assert_error(client.post(path, json=body), status, error_type)
+
+
+def test_landscape_of_a_loss_expression(client: AppClient) -> None:
+    body = {
+        "objective": {"expression": "mse(x, c)", "inputs": {"c": [0.3, 0.7]}},
+        "x_range": [-2, 2],
+        "y_range": [-1, 3],
+        "resolution": 3,
+        "gradient": True,
+        "dtype": "float64",
+    }
+    data = client.post("/v1/landscape", json=body).json()
+    assert data["z"][1][1] == pytest.approx(((0 - 0.3) ** 2 + (1 - 0.7) ** 2) / 2)
+
+
+def test_an_objective_that_ignores_x_has_zero_gradient(client: AppClient) -> None:
+    body = {
+        "objective": {"expression": "sum(c)", "inputs": {"c": [1.0, 2.0]}},
+        "x0": [0.5],
+        "steps": 3,
+        "tolerance": 0.0,
+    }
+    run = client.post("/v1/optimize", json=body).json()["runs"][0]
+    assert run["grad_norm"] == 0.0
+    assert run["stopped"] == "tolerance"
+
+
+def test_lbfgs_stops_at_the_deadline_inside_a_step(make_client: ClientFactory) -> None:
+    limited = make_client(request_timeout_s=0.5)
+    body = {
+        "objective": "rosenbrock",
+        "x0": [-1.0] * 3000,
+        "steps": 5,
+        "optimizer": {"name": "lbfgs", "max_iter": 1000, "tolerance_grad": 0, "tolerance_change": 0},
+        "report": "summary",
+    }
+    summary = limited.post("/v1/optimize", json=body).json()["summary"]
+    assert summary["stopped"] == {"deadline": 1}
+
+
+def test_progress_events_follow_the_wire_format(client: AppClient) -> None:
+    body = {
+        "objective": "sphere",
+        "starts": [["NaN", 0.0], [1.0, 2.0]],
+        "steps": 2,
+        "record_every": 1,
+        "encoding": "base64",
+    }
+    events = parse_events(client.post("/v1/optimize", json=body, headers={"accept": "text/event-stream"}).text)
+    first = events[0][1]["runs"]
+    assert first[0]["value"] == "NaN"
+    assert first[1]["x"]["dtype"] == "float32"
+    assert first[1]["optimizer"] == "adam"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -41,6 +42,10 @@ from service.config import Settings
 from service.errors import InvalidInput, LimitExceeded, ServiceError
 
 router = APIRouter(tags=["optimisation"])
+logger = logging.getLogger("service.optimize")
+PROGRESS_BUFFER = 64
+"""Progress events waiting for a slow reader; past it, new ones are dropped (the result never is)."""
+INTERNAL = "The server failed unexpectedly; this is a bug, please report it."
 
 
 @router.get("/v1/objectives", summary="Test functions: formulas, dimensions, domains and known minima")
@@ -65,7 +70,7 @@ def list_optimizers() -> dict[str, Any]:
 
 
 def _objective(
-    field: str | ExpressionObjective, ctx: ComputeContext, settings: Settings, dimension: int | None
+    field: str | ExpressionObjective, ctx: ComputeContext, settings: Settings, dimension: int | None, points: int = 1
 ) -> tuple[engine.Objective, Any]:
     """The engine's objective, and the catalog entry (None for expressions)."""
     if isinstance(field, str):
@@ -82,7 +87,8 @@ def _objective(
             f"'{field.variable}' is the variable; it cannot also be an input.", error_type="invalid_input"
         )
     names = frozenset({*field.inputs, field.variable})
-    program = compile_program(field.expression, names, ctx.dtype, ctx.device, limits, settings.max_elements)
+    budget = max(1, settings.max_elements // points)
+    program = compile_program(field.expression, names, ctx.dtype, ctx.device, limits, budget)
     constants = {name: ctx.tensor(value, f"objective.inputs.{name}") for name, value in field.inputs.items()}
 
     def fn(x: torch.Tensor) -> torch.Tensor:
@@ -147,31 +153,38 @@ async def optimize(request: Request) -> Response:
     events: MemoryObjectSendStream[bytes] | None = None
     cancelled = threading.Event()
 
-    def on_progress(step: int, runs: list[engine.Run]) -> None:
-        assert events is not None
-        state = [
-            {
-                "start": run.start,
-                "optimizer": run.optimizer,
-                "x": run.trajectory.x[-1].tolist(),
-                "value": scalar_to_wire(run.value),
-            }
-            for run in runs
-            if run.trajectory.step and run.trajectory.step[-1] == step
-        ]
-        try:
-            anyio.from_thread.run_sync(events.send_nowait, _event("progress", {"step": step, "runs": state}))
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            cancelled.set()  # nobody is listening any more
-
     def compute(ctx: ComputeContext) -> dict[str, Any]:
         starts = _starts(body, ctx)
-        count = len(starts) * len(optimizers)
-        _limit("steps x runs", body.steps * count, settings.max_steps, "too_many_steps")
+        count, dimension = len(starts), starts.shape[1]
+        # An lbfgs step evaluates the objective up to max_iter times, and keeps 2 x history_size vectors.
+        work = sum(body.steps * count * settings.get("max_iter", 1) for _, settings in optimizers)
+        _limit("steps x runs", work, settings.max_steps, "too_many_steps")
+        history = max((settings.get("history_size", 0) * 2 for _, settings in optimizers), default=0)
+        _limit("elements of optimizer state", history * count * dimension, settings.max_elements, "state_too_large")
         if body.report == "runs":
-            points = count * (body.steps // body.record_every + 2)
+            points = count * len(optimizers) * (body.steps // body.record_every + 2)
             _limit("trajectory points", points, settings.max_trajectory_points, "trajectory_too_long")
-        objective, entry = _objective(body.objective, ctx, settings, starts.shape[1])
+            _limit("trajectory elements", points * dimension, settings.max_elements, "trajectory_too_long")
+        objective, entry = _objective(body.objective, ctx, settings, dimension)
+
+        def on_progress(step: int, runs: list[engine.Run]) -> None:
+            assert events is not None
+            state = [
+                {
+                    "start": run.start,
+                    "optimizer": optimizers[run.optimizer][0].name,
+                    "x": ctx.wire(run.x),
+                    "value": scalar_to_wire(run.value),
+                }
+                for run in runs
+            ]
+            try:  # a full buffer means a slow reader: drop this event rather than pile them up
+                anyio.from_thread.run_sync(events.send_nowait, _event("progress", {"step": step, "runs": state}))
+            except anyio.WouldBlock:
+                pass
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                cancelled.set()  # nobody is listening any more
+
         schedule = engine.Schedule(
             body.steps,
             body.record_every,
@@ -179,6 +192,7 @@ async def optimize(request: Request) -> Response:
             time.monotonic() + settings.request_timeout_s,
             on_progress if streamed else None,
             cancelled.is_set,
+            trajectories=body.report == "runs",
         )
         with torch_errors("the optimisation"):
             runs = engine.optimize(objective, starts, optimizers, schedule)
@@ -188,7 +202,7 @@ async def optimize(request: Request) -> Response:
 
     if not streamed:
         return await compute_response(request, body, compute, inline=False)
-    events, received = anyio.create_memory_object_stream[bytes](max_buffer_size=math.inf)
+    events, received = anyio.create_memory_object_stream[bytes](max_buffer_size=PROGRESS_BUFFER)
 
     async def produce() -> None:
         assert events is not None
@@ -198,6 +212,9 @@ async def optimize(request: Request) -> Response:
                 await events.send(_event("result", raw=bytes(response.body)))
             except ServiceError as error:
                 await events.send(_event("error", error.body()))
+            except Exception:
+                logger.exception("unhandled error in a streamed optimisation")
+                await events.send(_event("error", {"error": {"type": "internal_error", "message": INTERNAL}}))
 
     async def stream() -> AsyncIterator[bytes]:
         async with anyio.create_task_group() as tasks:
@@ -304,15 +321,20 @@ async def landscape(request: Request) -> JSONBytesResponse:
     _limit("grid points", nx * ny, settings.max_grid_points, "grid_too_large")
 
     def compute(ctx: ComputeContext) -> dict[str, Any]:
-        objective, _ = _objective(body.objective, ctx, settings, 2)
+        # An expression runs once per grid point (vmap), so each point gets its share of the budget.
+        objective, _ = _objective(body.objective, ctx, settings, 2, points=nx * ny)
         (x_lo, x_hi), (y_lo, y_hi) = body.x_range, body.y_range
         xs = torch.linspace(x_lo, x_hi, nx, dtype=ctx.dtype, device=ctx.device)
         ys = torch.linspace(y_lo, y_hi, ny, dtype=ctx.dtype, device=ctx.device)
         grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).requires_grad_(body.gradient)
-        fn = objective.fn if objective.batched else torch.func.vmap(torch.func.vmap(objective.fn))
         with torch_errors("the landscape"), torch.set_grad_enabled(body.gradient):
-            z = fn(grid)
-            grad = torch.autograd.grad(z.sum(), grid)[0] if body.gradient else None
+            if objective.batched:
+                z = objective.fn(grid)
+            else:  # one vmap over the flattened grid (nested vmaps trip over some losses)
+                z = torch.func.vmap(objective.fn)(grid.reshape(-1, 2)).reshape(ny, nx)
+            grad = None
+            if body.gradient:
+                (grad,) = torch.autograd.grad(z.sum(), grid, allow_unused=True, materialize_grads=True)
         return {"x": ctx.wire(xs), "y": ctx.wire(ys), "z": ctx.wire(z), "grad": ctx.wire(grad)}
 
     return await compute_response(request, body, compute, inline=False)
