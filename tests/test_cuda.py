@@ -59,3 +59,21 @@ def test_bad_class_index_on_cuda_is_a_400_and_the_device_survives(client: AppCli
     assert bce.status_code == 400
     ok = client.post("/v1/losses/cross_entropy", json={"input": [[1, 2]], "target": [1], "device": "cuda"})
     assert ok.status_code == 200
+
+
+def test_optimisation_on_cuda_matches_cpu(client: AppClient) -> None:
+    body = {
+        "objective": "himmelblau",
+        "starts": [[1.0, 0.0], [-4.0, 0.0]],
+        "optimizer": ["adam", "lbfgs"],
+        "steps": 50,
+        "record_every": 10,
+        "tolerance": 1e-6,
+        "dtype": "float64",
+    }
+    on_gpu = client.post("/v1/optimize", json={**body, "device": "cuda"}).json()
+    on_cpu = client.post("/v1/optimize", json={**body, "device": "cpu"}).json()
+    assert on_gpu["meta"]["device"].startswith("cuda")
+    for gpu_run, cpu_run in zip(on_gpu["runs"], on_cpu["runs"], strict=True):
+        torch.testing.assert_close(from_wire(gpu_run["x"]), from_wire(cpu_run["x"]))
+        assert gpu_run["stopped"] == cpu_run["stopped"]
