@@ -88,7 +88,8 @@ def parse_json(body: bytes) -> Any:
     when the count disagrees, every lazy array is turned into Python for the exact walker.
     Raises InvalidInput with orjson's description of the first syntax error.
     """
-    if len(body) <= SMALL_BODY_BYTES or b"\\u" in body:
+    # (A one-byte search first: it is memchr-fast, the two-byte one is ten times slower.)
+    if len(body) <= SMALL_BODY_BYTES or (b"\\" in body and b"\\u" in body):
         # Small, or with \u escapes (a "\u005b" would fool the bracket count below): all Python.
         return _parse_exact(body)
     try:
