@@ -67,9 +67,6 @@ class Settings(BaseSettings):
         """Concurrent computations per worker."""
         return self.max_concurrency or 1
 
-    def api_key_list(self) -> list[str]:
-        return [key.strip() for key in self.api_keys.split(",") if key.strip()]
-
     def cors_origin_list(self) -> list[str]:
         return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
 
