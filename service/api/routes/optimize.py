@@ -157,9 +157,9 @@ async def optimize(request: Request) -> Response:
         starts = _starts(body, ctx)
         count, dimension = len(starts), starts.shape[1]
         # An lbfgs step evaluates the objective up to max_iter times, and keeps 2 x history_size vectors.
-        work = sum(body.steps * count * settings.get("max_iter", 1) for _, settings in optimizers)
+        work = sum(body.steps * count * options.get("max_iter", 1) for _, options in optimizers)
         _limit("steps x runs", work, settings.max_steps, "too_many_steps")
-        history = max((settings.get("history_size", 0) * 2 for _, settings in optimizers), default=0)
+        history = max((options.get("history_size", 0) * 2 for _, options in optimizers), default=0)
         _limit("elements of optimizer state", history * count * dimension, settings.max_elements, "state_too_large")
         if body.report == "runs":
             points = count * len(optimizers) * (body.steps // body.record_every + 2)
