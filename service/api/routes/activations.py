@@ -12,6 +12,7 @@ from service.api.dispatch import compute_response
 from service.api.jsonbody import json_body_openapi, read_json_body
 from service.api.responses import JSONBytesResponse
 from service.api.routes.common import ERROR_RESPONSES, name_parameter
+from service.api.routing import compute_post
 from service.api.schemas import (
     ActivationCatalog,
     ActivationInfo,
@@ -41,7 +42,8 @@ def list_activations() -> ActivationCatalog:
     )
 
 
-@router.post(
+@compute_post(
+    router,
     "/{name}",
     summary="Evaluate an activation with its gradient, second derivative or Jacobian",
     response_class=JSONBytesResponse,

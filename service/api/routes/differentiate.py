@@ -12,6 +12,7 @@ from service.api.dispatch import compute_response
 from service.api.jsonbody import json_body_openapi, read_json_body
 from service.api.responses import JSONBytesResponse
 from service.api.routes.common import ERROR_RESPONSES
+from service.api.routing import compute_post
 from service.api.schemas import DifferentiateRequest, DifferentiateResponse, FunctionCatalog, FunctionInfo
 from service.compute.differentiate import differentiate
 from service.compute.expressions import Limits, compile_program
@@ -50,7 +51,8 @@ def list_functions() -> FunctionCatalog:
     )
 
 
-@router.post(
+@compute_post(
+    router,
     "/v1/differentiate",
     summary="Value, gradient, Jacobian and Hessian of a formula",
     response_class=JSONBytesResponse,

@@ -12,6 +12,7 @@ from service.api.dispatch import compute_response
 from service.api.jsonbody import json_body_openapi, read_json_body
 from service.api.responses import JSONBytesResponse
 from service.api.routes.common import ERROR_RESPONSES, name_parameter
+from service.api.routing import compute_post
 from service.api.schemas import LossCatalog, LossInfo, LossRequest, LossResponse, params_schema
 from service.compute.losses import LOSSES, evaluate_loss
 
@@ -36,7 +37,8 @@ def list_losses() -> LossCatalog:
     )
 
 
-@router.post(
+@compute_post(
+    router,
     "/{name}",
     summary="Evaluate a loss with its gradients w.r.t. input, target and weight",
     response_class=JSONBytesResponse,

@@ -25,6 +25,7 @@ from service.api.dispatch import compute_response
 from service.api.jsonbody import json_body_openapi, read_json_body
 from service.api.responses import JSONBytesResponse, dump_json
 from service.api.routes.common import ERROR_RESPONSES
+from service.api.routing import compute_post
 from service.api.schemas import (
     ExpressionObjective,
     LandscapeRequest,
@@ -133,7 +134,8 @@ def _starts(body: OptimizeRequest, ctx: ComputeContext) -> torch.Tensor:
     return starts
 
 
-@router.post(
+@compute_post(
+    router,
     "/v1/optimize",
     summary="Run optimizers from many starts, with trajectories; streamed as events on request",
     description="With `Accept: text/event-stream` the response is a stream of `progress` events (the step and "
@@ -302,7 +304,8 @@ def _limit(what: str, amount: int, limit: int, error_type: str) -> None:
         )
 
 
-@router.post(
+@compute_post(
+    router,
     "/v1/landscape",
     summary="Sample a 2-D objective on a grid, with its gradient field on request",
     response_class=JSONBytesResponse,
