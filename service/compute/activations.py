@@ -21,6 +21,10 @@ from service.errors import InvalidInput
 
 ACTIVATIONS: Registry[OpSpec] = Registry("activation")
 
+aten = torch.ops.aten
+# torch's SELU constants, as torch.selu passes them to elu_backward.
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
 DIM = Param("dim", -1, "Dimension along which the normalisation runs.")
 LAMBD = Param("lambd", 0.5, "Half-width of the zero band.", ge=0.0)
 
@@ -57,21 +61,34 @@ def _activation(name: str, fn: Any, formula: str, *params: Param, elementwise: b
     )
 
 
-_activation("sigmoid", torch.sigmoid, "1 / (1 + exp(-x))")
-_activation("tanh", torch.tanh, "(exp(x) - exp(-x)) / (exp(x) + exp(-x)) = 2 sigmoid(2x) - 1")
-_activation("relu", F.relu, "max(0, x)", piecewise_linear=True)
+_activation("sigmoid", torch.sigmoid, "1 / (1 + exp(-x))", backward=lambda g, x, y, p: aten.sigmoid_backward(g, y))
+_activation(
+    "tanh",
+    torch.tanh,
+    "(exp(x) - exp(-x)) / (exp(x) + exp(-x)) = 2 sigmoid(2x) - 1",
+    backward=lambda g, x, y, p: aten.tanh_backward(g, y),
+)
+_activation(
+    "relu",
+    F.relu,
+    "max(0, x)",
+    piecewise_linear=True,
+    backward=lambda g, x, y, p: aten.threshold_backward(g, y, 0),
+)
 _activation(
     "leaky_relu",
     F.leaky_relu,
     "x if x >= 0 else negative_slope * x",
     Param("negative_slope", 0.01, "Slope for negative inputs."),
     piecewise_linear=True,
+    backward=lambda g, x, y, p: aten.leaky_relu_backward(g, x, p["negative_slope"], False),
     samples=(Sample(), Sample(params={"negative_slope": 0.2})),
 )
 _activation(
     "selu",
     F.selu,
     "scale * (max(0, x) + min(0, alpha * (exp(x) - 1))), alpha = 1.6733, scale = 1.0507",
+    backward=lambda g, x, y, p: aten.elu_backward(g, SELU_ALPHA, SELU_SCALE, 1.0, False, x),
 )
 _activation(
     "softplus",
@@ -80,6 +97,7 @@ _activation(
     Param("beta", 1.0, "Sharpness of the curve.", gt=0.0),
     Param("threshold", 20.0, "Above beta * x > threshold the function is linear.", gt=0.0),
     samples=(Sample(), Sample(params={"beta": 2.0, "threshold": 1.0})),
+    backward=lambda g, x, y, p: aten.softplus_backward(g, x, p["beta"], p["threshold"]),
 )
 _activation(
     "elu",
@@ -87,6 +105,7 @@ _activation(
     "x if x > 0 else alpha * (exp(x) - 1)",
     Param("alpha", 1.0, "Value the negative side saturates to, negated."),
     samples=(Sample(), Sample(params={"alpha": 0.5})),
+    backward=lambda g, x, y, p: aten.elu_backward(g, p["alpha"], 1.0, 1.0, False, x),
 )
 _activation(
     "celu",
@@ -94,6 +113,7 @@ _activation(
     "max(0, x) + min(0, alpha * (exp(x / alpha) - 1))",
     Param("alpha", 1.0, "Scale of the negative side.", gt=0.0),
     samples=(Sample(), Sample(params={"alpha": 2.0})),
+    backward=lambda g, x, y, p: aten.elu_backward(g, p["alpha"], 1.0, 1.0 / p["alpha"], False, x),
 )
 _activation(
     "gelu",
@@ -101,9 +121,10 @@ _activation(
     "x * Phi(x) (Phi the standard normal CDF); tanh approximation on request",
     Param("approximate", "none", "Exact erf form or the tanh approximation.", choices=("none", "tanh")),
     samples=(Sample(), Sample(params={"approximate": "tanh"})),
+    backward=lambda g, x, y, p: aten.gelu_backward(g, x, approximate=p["approximate"]),
 )
-_activation("silu", F.silu, "x * sigmoid(x)")
-_activation("mish", F.mish, "x * tanh(softplus(x))")
+_activation("silu", F.silu, "x * sigmoid(x)", backward=lambda g, x, y, p: aten.silu_backward(g, x))
+_activation("mish", F.mish, "x * tanh(softplus(x))", backward=lambda g, x, y, p: aten.mish_backward(g, x))
 _activation(
     "hardtanh",
     F.hardtanh,
@@ -113,15 +134,43 @@ _activation(
     piecewise_linear=True,
     samples=(Sample(), Sample(params={"min_val": -0.5, "max_val": 2.0})),
     check=check_hardtanh_bounds,
+    backward=lambda g, x, y, p: aten.hardtanh_backward(g, x, p["min_val"], p["max_val"]),
 )
-_activation("hardsigmoid", F.hardsigmoid, "clamp(x / 6 + 1 / 2, 0, 1)", piecewise_linear=True)
-_activation("hardswish", F.hardswish, "x * clamp(x + 3, 0, 6) / 6")
-_activation("relu6", F.relu6, "min(max(0, x), 6)", piecewise_linear=True)
+_activation(
+    "hardsigmoid",
+    F.hardsigmoid,
+    "clamp(x / 6 + 1 / 2, 0, 1)",
+    piecewise_linear=True,
+    backward=lambda g, x, y, p: aten.hardsigmoid_backward(g, x),
+)
+_activation(
+    "hardswish", F.hardswish, "x * clamp(x + 3, 0, 6) / 6", backward=lambda g, x, y, p: aten.hardswish_backward(g, x)
+)
+_activation(
+    "relu6",
+    F.relu6,
+    "min(max(0, x), 6)",
+    piecewise_linear=True,
+    backward=lambda g, x, y, p: aten.hardtanh_backward(g, x, 0.0, 6.0),
+)
 _activation("softsign", F.softsign, "x / (1 + |x|)")
 _activation("logsigmoid", F.logsigmoid, "log(1 / (1 + exp(-x)))")
 _activation("tanhshrink", F.tanhshrink, "x - tanh(x)")
-_activation("softshrink", F.softshrink, "x - lambd if x > lambd, x + lambd if x < -lambd, else 0", LAMBD)
-_activation("hardshrink", F.hardshrink, "x if |x| > lambd else 0", LAMBD, piecewise_linear=True)
+_activation(
+    "softshrink",
+    F.softshrink,
+    "x - lambd if x > lambd, x + lambd if x < -lambd, else 0",
+    LAMBD,
+    backward=lambda g, x, y, p: aten.softshrink_backward(g, x, p["lambd"]),
+)
+_activation(
+    "hardshrink",
+    F.hardshrink,
+    "x if |x| > lambd else 0",
+    LAMBD,
+    piecewise_linear=True,
+    backward=lambda g, x, y, p: aten.hardshrink_backward(g, x, p["lambd"]),
+)
 _activation(
     "threshold",
     F.threshold,
@@ -129,11 +178,22 @@ _activation(
     Param("threshold", 0.0, "Inputs at or below it are replaced."),
     Param("value", 0.0, "The replacement."),
     piecewise_linear=True,
+    backward=lambda g, x, y, p: aten.threshold_backward(g, x, p["threshold"]),
 )
-for _name, _fn, _formula in (
-    ("softmax", F.softmax, "exp(x_i) / sum_j exp(x_j) along dim"),
-    ("log_softmax", F.log_softmax, "x_i - log(sum_j exp(x_j)) along dim"),
-    ("softmin", F.softmin, "exp(-x_i) / sum_j exp(-x_j) along dim"),
+for _name, _fn, _formula, _backward in (
+    (
+        "softmax",
+        F.softmax,
+        "exp(x_i) / sum_j exp(x_j) along dim",
+        lambda g, x, y, p: aten._softmax_backward_data(g, y, p["dim"], x.dtype),
+    ),
+    (
+        "log_softmax",
+        F.log_softmax,
+        "x_i - log(sum_j exp(x_j)) along dim",
+        lambda g, x, y, p: aten._log_softmax_backward_data(g, y, p["dim"], x.dtype),
+    ),
+    ("softmin", F.softmin, "exp(-x_i) / sum_j exp(-x_j) along dim", None),
 ):
     _activation(
         _name,
@@ -143,6 +203,7 @@ for _name, _fn, _formula in (
         elementwise=False,
         samples=(Sample(shape=(3,)), Sample(shape=(2, 4), params={"dim": 0}), Sample(shape=())),
         check=check_dim,
+        backward=_backward,
     )
 
 
@@ -178,7 +239,12 @@ def evaluate_activation(
         return spec.fn(t, **params)
 
     with torch_errors(spec.name):
-        output, grad = value_and_vjp(fn, x, _checked_grad_output(grad_output, x, spec))
+        grad_output = _checked_grad_output(grad_output, x, spec)
+        if spec.backward is not None:
+            output = fn(x)
+            grad = spec.backward(torch.ones_like(output) if grad_output is None else grad_output, x, output, params)
+        else:
+            output, grad = value_and_vjp(fn, x, grad_output)
         grad2 = None
         if second_order:
             grad2 = torch.zeros_like(x) if spec.piecewise_linear else elementwise_second_derivative(fn, x)

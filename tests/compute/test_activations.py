@@ -83,6 +83,33 @@ def test_value_and_vjp_equal_torch_float64(spec: OpSpec, sample: Sample) -> None
     assert torch.equal(result.grad, reference_input.grad)
 
 
+EDGE_VALUES = (0.0, -0.0, 0.5, -0.5, 1.0, -1.0, 3.0, -3.0, 6.0, -6.0, 20.0, -20.0, 1e-30, float("inf"), -float("inf"))
+BACKWARD_CASES = [case for case in CASES if case.values[0].backward is not None]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(("spec", "sample"), BACKWARD_CASES)
+def test_backward_kernel_equals_autograd(spec: OpSpec, sample: Sample, dtype: torch.dtype) -> None:
+    """An entry's direct backward is bitwise autograd's VJP, at the kinks and saturations too."""
+    assert spec.backward is not None
+    x = sample_input(sample).to(dtype)
+    if spec.elementwise:  # thresholds, kinks, saturation and infinities
+        x = torch.cat([x.flatten(), torch.tensor(EDGE_VALUES, dtype=dtype)])
+    params = params_of(spec, sample)
+    grad_output = torch.randn(x.shape, generator=torch.Generator().manual_seed(2), dtype=dtype)
+    reference_input = x.clone().requires_grad_(True)
+    reference = spec.fn(reference_input, **params)
+    (expected,) = torch.autograd.grad(reference, reference_input, grad_output)
+    direct = spec.backward(grad_output, x, reference.detach(), params)
+    # Bitwise, NaN where autograd gives NaN (silu'(inf) is inf * 0, say).
+    torch.testing.assert_close(direct, expected, rtol=0, atol=0, equal_nan=True)
+
+
+def test_common_activations_have_a_backward_kernel() -> None:
+    fast = {spec.name for spec in ACTIVATIONS if spec.backward is not None}
+    assert {"sigmoid", "tanh", "relu", "gelu", "silu", "softmax", "log_softmax"} <= fast
+
+
 @pytest.mark.parametrize(("spec", "sample"), CASES)
 def test_gradients_match_finite_differences(spec: OpSpec, sample: Sample) -> None:
     x = sample_input(sample).requires_grad_(True)
