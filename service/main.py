@@ -66,10 +66,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.readiness = "starting"
-    for router in ROUTERS:
-        # The routes carry their full paths and tags already. Adding them directly, rather than
-        # through include_router's nested routers, saves every request a router-by-router match.
-        app.router.routes.extend(router.routes)
+    # The routes carry their full paths and tags already. Adding them directly, rather than through
+    # include_router's nested routers, saves every request a router-by-router match; putting them
+    # ahead of the documentation routes saves it four more.
+    app.router.routes[:0] = [route for router in ROUTERS for route in router.routes]
     install_error_handlers(app)
     if settings.cors_origin_list():
         app.add_middleware(

@@ -34,10 +34,19 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        length: int | None = None
+        chunked = False
         for key, value in scope["headers"]:
-            if key == b"content-length" and value.isdigit() and int(value) > self.limit:
-                await self._reject(send)
-                return
+            if key == b"content-length" and value.isdigit():
+                length = int(value)
+            elif key == b"transfer-encoding":
+                chunked = True
+        if length is not None and length > self.limit:
+            await self._reject(send)
+            return
+        if length is not None and not chunked:  # the server delivers no more than Content-Length
+            await self.app(scope, receive, send)
+            return
         received = 0
         started = False
 

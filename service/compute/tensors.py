@@ -74,6 +74,7 @@ class LazyArray:
 
 
 LAZY_MIN_LENGTH = 64
+NUMPY_DTYPES: dict[torch.dtype, type[np.floating[Any]]] = {torch.float32: np.float32, torch.float64: np.float64}
 _PLAIN_NUMBERS = (float, int)  # exact types: bool is a subclass of int and is refused
 SMALL_BODY_BYTES = 4096
 """Bodies up to this size are parsed by orjson straight into Python: no lazy arrays are worth it."""
@@ -229,6 +230,10 @@ def decode(
     ``kind="index"`` asks for integer class indices (int64, whatever ``dtype`` says).
     Raises InvalidInput naming ``where`` (and the position inside) for anything malformed.
     """
+    if kind == "float" and device.type == "cpu" and dtype in NUMPY_DTYPES and _is_flat_number_list(value):
+        # The common small case: numpy casts float64 to float32 as torch would, for less overhead.
+        budget.take(len(value), where)
+        return torch.from_numpy(np.array(value, dtype=np.float64).astype(NUMPY_DTYPES[dtype], copy=False))
     if isinstance(value, dict):
         tensor = _decode_encoded(value, where, kind)
     elif isinstance(value, LazyArray):
@@ -320,10 +325,14 @@ def _decode_lazy(lazy: LazyArray, where: str, kind: Kind) -> torch.Tensor:
     return _decode_nested(lazy.array.as_list(), where, kind)
 
 
+def _is_flat_number_list(value: Any) -> bool:
+    return type(value) is list and all(type(item) in _PLAIN_NUMBERS for item in value)
+
+
 def _decode_nested(value: Any, where: str, kind: Kind) -> torch.Tensor:
     """The exact path: checks every element and names the first bad one."""
-    if kind == "float" and type(value) is list and all(type(item) in _PLAIN_NUMBERS for item in value):
-        return torch.from_numpy(np.array(value, dtype=np.float64))  # a flat list of numbers
+    if kind == "float" and _is_flat_number_list(value):
+        return torch.from_numpy(np.array(value, dtype=np.float64))
     shape: list[int] = []
     probe = value
     while isinstance(probe, list | LazyArray):
@@ -438,9 +447,15 @@ def encode(tensor: torch.Tensor, encoding: Encoding) -> Any:
             "base64": pybase64.b64encode_as_string(tensor.contiguous().numpy().tobytes()),
         }
     array = tensor.contiguous().numpy()
-    if tensor.is_floating_point() and not np.isfinite(array).all():
+    if tensor.is_floating_point() and not _all_finite(array):
         return _with_non_finite_strings(tensor)
     return array[()] if tensor.dim() == 0 else array  # 0-d: a numpy scalar, in its own precision
+
+
+def _all_finite(array: np.ndarray[Any, Any]) -> bool:
+    if array.size <= 64:  # below numpy's per-call overhead
+        return all(map(math.isfinite, array.ravel().tolist()))
+    return bool(np.isfinite(array).all())
 
 
 def _with_non_finite_strings(tensor: torch.Tensor) -> Any:
