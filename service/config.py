@@ -27,20 +27,29 @@ class Settings(BaseSettings):
     expression_max_length: int = Field(10_000, ge=1, description="Longest expression, in characters (413).")
     expression_max_nodes: int = Field(2_000, ge=1, description="Most syntax nodes in one expression (413).")
     expression_max_depth: int = Field(64, ge=1, le=400, description="Deepest nesting in one expression (413).")
-    max_steps: int = Field(10_000_000, ge=1, description="Cap on optimisation steps x runs (inert until /v1/optimize).")
+    max_steps: int = Field(10_000_000, ge=1, description="Cap on optimisation steps x runs (413).")
     max_trajectory_points: int = Field(100_000, ge=1, description="Trajectory points in one response (413).")
     max_grid_points: int = Field(1_000_000, ge=1, description="Grid points of one landscape (413).")
-    request_timeout_s: float = Field(60.0, gt=0, description="Time budget of one request (inert until deadlines land).")
+    request_timeout_s: float = Field(60.0, gt=0, description="Time budget of one request, waiting included (504).")
     max_concurrency: int = Field(
         0,
         ge=0,
         description="Computations at once per worker; 0 = one (torch ops already use every thread).",
     )
-    max_queue: int = Field(64, ge=0, description="Computations allowed to wait for a slot.")
-    api_keys: str = Field("", description="Comma-separated API keys (inert until auth lands).")
+    max_queue: int = Field(64, ge=0, description="Computations allowed to wait for a slot; beyond, 503.")
+    api_keys: str = Field("", description="Comma-separated API keys; when set, /v1/* needs a Bearer key.")
     cors_origins: str = Field("", description="Comma-separated allowed origins for browsers.")
-    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
-    log_format: Literal["json", "text"] = "text"
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = Field("info", description="Log level.")
+    log_format: Literal["json", "text"] = Field("text", description="Log lines as JSON objects or text.")
+    access_log: bool = Field(True, description="One log line per request, with its X-Request-ID.")
+    shutdown_grace_s: float = Field(
+        20.0, ge=0, description="On SIGTERM, how long requests in flight may take to finish."
+    )
+    drain_s: float = Field(
+        0.0, ge=0, description="On SIGTERM, how long /readyz answers 503 before the listener closes."
+    )
+    retry_after_s: int = Field(1, ge=1, description="Retry-After sent with a 503 when the service is full.")
+    gzip_min_bytes: int = Field(4096, ge=0, description="Responses at least this large are gzipped on request.")
     inline_compute_bytes: int = Field(
         16 * 1024,
         ge=0,
@@ -66,6 +75,9 @@ class Settings(BaseSettings):
     def effective_max_concurrency(self) -> int:
         """Concurrent computations per worker."""
         return self.max_concurrency or 1
+
+    def api_key_list(self) -> list[str]:
+        return [key.strip() for key in self.api_keys.split(",") if key.strip()]
 
     def cors_origin_list(self) -> list[str]:
         return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]

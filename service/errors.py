@@ -31,6 +31,10 @@ class ServiceError(Exception):
         """The contract's error body."""
         return {"error": {"type": self.error_type, "message": self.message, **self.details}}
 
+    def headers(self) -> dict[str, str]:
+        """Response headers the error calls for."""
+        return {}
+
 
 class InvalidInput(ServiceError):
     error_type = "invalid_input"
@@ -42,6 +46,9 @@ class DeviceUnavailable(InvalidInput):
 
 class Unauthorized(ServiceError):
     error_type = "unauthorized"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
 
 
 class NotFound(ServiceError):
@@ -58,6 +65,13 @@ class UnsupportedMediaType(ServiceError):
 
 class Overloaded(ServiceError):
     error_type = "overloaded"
+
+    def __init__(self, message: str, *, retry_after: int = 1, **details: Any) -> None:
+        super().__init__(message, retry_after=retry_after, **details)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
 class DeadlineExceeded(ServiceError):

@@ -11,10 +11,14 @@ import anyio
 import torch
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.middleware.gzip import GZipMiddleware
 
 from service import __version__
+from service.api.auth import ApiKeyMiddleware
 from service.api.errors import install_error_handlers
 from service.api.middleware import BodyLimitMiddleware
+from service.api.observability import Metrics, RequestMiddleware
+from service.api.pool import ComputePool
 from service.api.routes import ROUTERS
 from service.compute.activations import ACTIVATIONS, evaluate_activation
 from service.config import Settings
@@ -48,7 +52,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         torch.set_num_threads(settings.effective_torch_threads())
-        app.state.compute_limiter = anyio.CapacityLimiter(settings.effective_max_concurrency())
+        pool = ComputePool(settings.effective_max_concurrency(), settings.max_queue, settings.retry_after_s)
+        metrics.computing.set_function(lambda: pool.running)
+        metrics.queued.set_function(lambda: pool.waiting)
+        app.state.compute_pool = pool
         await anyio.to_thread.run_sync(warm_up)
         # Everything loaded so far (torch, torch.func and their modules) lives as long as the
         # process: keep it out of the collector's generations, so full collections stay short.
@@ -64,21 +71,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
     )
+    metrics = Metrics()
     app.state.settings = settings
+    app.state.metrics = metrics
     app.state.readiness = "starting"
     # The routes carry their full paths and tags already. Adding them directly, rather than through
     # include_router's nested routers, saves every request a router-by-router match; putting them
     # ahead of the documentation routes saves it four more.
     app.router.routes[:0] = [route for router in ROUTERS for route in router.routes]
     install_error_handlers(app)
-    if settings.cors_origin_list():
+    # Innermost first: the last one added sees the request first.
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(GZipMiddleware, minimum_size=settings.gzip_min_bytes)
+    if settings.api_key_list():
+        app.add_middleware(ApiKeyMiddleware, keys=settings.api_key_list())
+    if settings.cors_origin_list():  # outside the keys: a preflight carries none
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origin_list(),
             allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID", "Accept"],
+            expose_headers=["X-Request-ID", "Retry-After"],
         )
-    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(RequestMiddleware, metrics=metrics, access_log=settings.access_log)
     return app
 
 

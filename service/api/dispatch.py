@@ -1,43 +1,66 @@
-"""Where a computation runs (small ones on the event loop, the rest in a bounded thread pool),
+"""Where a computation runs (small ones on the event loop, the rest in the bounded compute pool),
 and the one way every compute route turns its result into a response."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import anyio.to_thread
 from fastapi import Request
 
 from service.api.context import ComputeContext
 from service.api.deps import settings_of
+from service.api.observability import STARTED_KEY
 from service.api.responses import JSONBytesResponse, dump_json
 from service.api.schemas import ComputeRequest
+from service.errors import DeadlineExceeded
 
 T = TypeVar("T")
 
 
+def request_deadline(request: Request) -> float:
+    """The ``time.monotonic()`` instant at which the request's time budget runs out."""
+    started = request.scope.get(STARTED_KEY) or time.monotonic()
+    return float(started) + settings_of(request).request_timeout_s
+
+
 async def run_compute(request: Request, job: Callable[[], T], inline: bool = True) -> T:
     """Run ``job`` inline when allowed and the body is small (a thread hop costs more than the
-    work), otherwise in the worker's compute pool of ``max_concurrency`` threads."""
+    work), otherwise in the compute pool (bounded; 503 when full, 504 past the time budget)."""
     settings = settings_of(request)
     length = request.headers.get("content-length")
     if inline and length is not None and length.isdigit() and int(length) <= settings.inline_compute_bytes:
         return job()
-    return await anyio.to_thread.run_sync(job, limiter=request.app.state.compute_limiter)
+    return await request.app.state.compute_pool.run(job, request_deadline(request))  # type: ignore[no-any-return]
 
 
 async def compute_response(
     request: Request,
     body: ComputeRequest,
     compute: Callable[[ComputeContext], dict[str, Any]],
+    *,
+    op: str,
     inline: bool = True,
+    enforce_deadline: bool = True,
 ) -> JSONBytesResponse:
-    """Decode, compute and encode in the compute pool: ``compute`` returns the response fields
-    (wire-encoded through its context), to which ``meta`` is added."""
+    """Decode, compute and encode: ``compute`` returns the response fields (wire-encoded through
+    its context), to which ``meta`` is added. The time goes to the ``op``'s compute metric; a
+    computation that ends past the request's time budget is a 504 (unless ``enforce_deadline``
+    is off, for a stream that reports the deadline in its result)."""
+    settings = settings_of(request)
+    histogram = request.app.state.metrics.compute.labels(op)
 
     def job() -> bytes:
-        ctx = ComputeContext.of(body, settings_of(request))
-        return dump_json({**compute(ctx), "meta": ctx.meta()})
+        ctx = ComputeContext.of(body, settings)
+        try:
+            return dump_json({**compute(ctx), "meta": ctx.meta()})
+        finally:
+            histogram.observe(time.perf_counter() - ctx.started)
 
-    return JSONBytesResponse(await run_compute(request, job, inline))
+    payload = await run_compute(request, job, inline)
+    if enforce_deadline and time.monotonic() > request_deadline(request):
+        raise DeadlineExceeded(
+            f"The request's time budget of {settings.request_timeout_s:g} s ran out; send less, or ask for fewer steps."
+        )
+    return JSONBytesResponse(payload)

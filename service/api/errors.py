@@ -38,7 +38,7 @@ def error_response(
 
 
 def _service_error(error: ServiceError) -> JSONBytesResponse:
-    return JSONBytesResponse(error.body(), status_code=status_code_for(error))
+    return JSONBytesResponse(error.body(), status_code=status_code_for(error), headers=error.headers())
 
 
 async def handle_service_error(request: Request, exc: Exception) -> JSONBytesResponse:

@@ -331,17 +331,27 @@ def test_an_objective_that_ignores_x_has_zero_gradient(client: AppClient) -> Non
     assert run["stopped"] == "tolerance"
 
 
-def test_lbfgs_stops_at_the_deadline_inside_a_step(make_client: ClientFactory) -> None:
+SLOW_LBFGS = {
+    "objective": "rosenbrock",
+    "x0": [-1.0] * 3000,
+    "steps": 5,
+    "optimizer": {"name": "lbfgs", "max_iter": 1000, "tolerance_grad": 0, "tolerance_change": 0},
+    "report": "summary",
+}
+
+
+def test_a_run_past_the_time_budget_is_a_504(make_client: ClientFactory) -> None:
     limited = make_client(request_timeout_s=0.5)
-    body = {
-        "objective": "rosenbrock",
-        "x0": [-1.0] * 3000,
-        "steps": 5,
-        "optimizer": {"name": "lbfgs", "max_iter": 1000, "tolerance_grad": 0, "tolerance_change": 0},
-        "report": "summary",
-    }
-    summary = limited.post("/v1/optimize", json=body).json()["summary"]
-    assert summary["stopped"] == {"deadline": 1}
+    error = assert_error(limited.post("/v1/optimize", json=SLOW_LBFGS), 504, "deadline_exceeded")
+    assert "0.5 s" in error["message"]
+
+
+def test_a_streamed_run_stops_inside_an_lbfgs_step_at_the_deadline(make_client: ClientFactory) -> None:
+    limited = make_client(request_timeout_s=0.5)
+    events = parse_events(limited.post("/v1/optimize", json=SLOW_LBFGS, headers={"accept": "text/event-stream"}).text)
+    kind, result = events[-1]
+    assert kind == "result"
+    assert result["summary"]["stopped"] == {"deadline": 1}
 
 
 def test_progress_events_follow_the_wire_format(client: AppClient) -> None:

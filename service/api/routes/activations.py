@@ -73,4 +73,4 @@ async def activation(name: ActivationName, request: Request) -> JSONBytesRespons
             "jacobian": ctx.wire(result.jacobian),
         }
 
-    return await compute_response(request, body, compute)
+    return await compute_response(request, body, compute, op=f"activation/{name}")

@@ -92,7 +92,7 @@ async def differentiate_expression(request: Request) -> JSONBytesResponse:
         }
 
     # Never inline: even a small body can describe a long computation.
-    return await compute_response(request, body, compute, inline=False)
+    return await compute_response(request, body, compute, op="differentiate", inline=False)
 
 
 def _kind(value: Any) -> Any:

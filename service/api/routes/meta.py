@@ -1,13 +1,14 @@
-"""Probes and service information: /healthz, /readyz, /v1/info."""
+"""Probes, metrics and service information: /healthz, /readyz, /metrics, /v1/info."""
 
 from __future__ import annotations
 
 import platform
 
 import torch
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service import __version__
+from service import __version__, lifecycle
 from service.api.deps import SettingsDep
 from service.api.responses import JSONBytesResponse
 from service.api.schemas import Health, Info, Readiness
@@ -30,8 +31,18 @@ async def healthz() -> Health:
     responses={503: {"model": Readiness}},
 )
 async def readyz(request: Request) -> JSONBytesResponse:
-    state: str = request.app.state.readiness
+    state: str = "draining" if lifecycle.draining.is_set() else request.app.state.readiness
     return JSONBytesResponse({"status": state}, status_code=200 if state == "ready" else 503)
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics: requests, latency, compute time, in-flight and queued work, rejections",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text exposition format."}},
+)
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 def _default_device(preference: str) -> str:

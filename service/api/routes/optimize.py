@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 import threading
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,7 +20,7 @@ from pydantic import ValidationError
 
 from service.api.context import ComputeContext
 from service.api.deps import settings_of
-from service.api.dispatch import compute_response
+from service.api.dispatch import compute_response, request_deadline
 from service.api.jsonbody import json_body_openapi, read_json_body
 from service.api.responses import JSONBytesResponse, dump_json
 from service.api.routes.common import ERROR_RESPONSES
@@ -40,7 +39,7 @@ from service.compute.optimizers import OPTIMIZERS, OptimizerSpec
 from service.compute.runtime import torch_errors
 from service.compute.tensors import scalar_to_wire
 from service.config import Settings
-from service.errors import InvalidInput, LimitExceeded, ServiceError
+from service.errors import DeadlineExceeded, InvalidInput, LimitExceeded, ServiceError
 
 router = APIRouter(tags=["optimisation"])
 logger = logging.getLogger("service.optimize")
@@ -191,26 +190,34 @@ async def optimize(request: Request) -> Response:
             body.steps,
             body.record_every,
             body.tolerance,
-            time.monotonic() + settings.request_timeout_s,
+            request_deadline(request),
             on_progress if streamed else None,
             cancelled.is_set,
             trajectories=body.report == "runs",
         )
         with torch_errors("the optimisation"):
             runs = engine.optimize(objective, starts, optimizers, schedule)
+        if not streamed and any(run.stopped == "deadline" for run in runs):
+            done = sum(run.steps for run in runs)
+            raise DeadlineExceeded(
+                f"The request's time budget of {settings.request_timeout_s:g} s ran out after {done} steps in all; "
+                "ask for fewer steps, or stream the run (Accept: text/event-stream) to keep what it reached."
+            )
         if body.report == "summary":
             return {"summary": _summary(runs, optimizers, entry, body.reach_tolerance, ctx)}
         return {"runs": [_run(run, optimizers, entry, ctx) for run in runs]}
 
     if not streamed:
-        return await compute_response(request, body, compute, inline=False)
+        return await compute_response(request, body, compute, op="optimize", inline=False)
     events, received = anyio.create_memory_object_stream[bytes](max_buffer_size=PROGRESS_BUFFER)
 
     async def produce() -> None:
         assert events is not None
         async with events:
             try:
-                response = await compute_response(request, body, compute, inline=False)
+                response = await compute_response(
+                    request, body, compute, op="optimize", inline=False, enforce_deadline=False
+                )
                 await events.send(_event("result", raw=bytes(response.body)))
             except ServiceError as error:
                 await events.send(_event("error", error.body()))
@@ -340,4 +347,4 @@ async def landscape(request: Request) -> JSONBytesResponse:
                 (grad,) = torch.autograd.grad(z.sum(), grid, allow_unused=True, materialize_grads=True)
         return {"x": ctx.wire(xs), "y": ctx.wire(ys), "z": ctx.wire(z), "grad": ctx.wire(grad)}
 
-    return await compute_response(request, body, compute, inline=False)
+    return await compute_response(request, body, compute, op="landscape", inline=False)

@@ -1,0 +1,177 @@
+"""Per-request bookkeeping: an X-Request-ID, one access log line, and Prometheus metrics."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+access_logger = logging.getLogger("service.access")
+
+REQUEST_ID_HEADER = b"x-request-id"
+_VALID_REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,128}")  # printable ASCII, no spaces
+STARTED_KEY = "gradient.started"
+"""Scope key: the request's ``time.monotonic()`` start, from which its time budget runs."""
+REQUEST_ID_KEY = "gradient.request_id"
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class GpuMemoryCollector(Collector):
+    """GPU memory allocated and reserved by this process, per device, read at scrape time
+    (only from devices torch has already initialised: a scrape never creates a CUDA context)."""
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        import torch
+
+        if not (torch.cuda.is_available() and torch.cuda.is_initialized()):  # type: ignore[no-untyped-call]
+            return
+        allocated = GaugeMetricFamily(
+            "gradient_gpu_memory_allocated_bytes", "GPU memory held by tensors.", labels=["device"]
+        )
+        reserved = GaugeMetricFamily(
+            "gradient_gpu_memory_reserved_bytes", "GPU memory reserved by the caching allocator.", labels=["device"]
+        )
+        for index in range(torch.cuda.device_count()):
+            allocated.add_metric([f"cuda:{index}"], torch.cuda.memory_allocated(index))
+            reserved.add_metric([f"cuda:{index}"], torch.cuda.memory_reserved(index))
+        yield allocated
+        yield reserved
+
+
+class Metrics:
+    """The service's metrics, in a registry of their own (one per app)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "gradient_http_requests",
+            "HTTP requests answered, by method, route template and status.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "gradient_http_request_duration_seconds",
+            "Time from request to the end of the response, by method and route template.",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.compute = Histogram(
+            "gradient_compute_duration_seconds",
+            "Time spent computing (decode, torch, encode), by op.",
+            ["op"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.in_flight = Gauge("gradient_http_requests_in_flight", "Requests being answered.", registry=self.registry)
+        self.computing = Gauge(
+            "gradient_compute_running", "Computations running in the compute pool.", registry=self.registry
+        )
+        self.queued = Gauge(
+            "gradient_compute_queued", "Computations waiting for a compute slot.", registry=self.registry
+        )
+        self.rejections = Counter(
+            "gradient_rejections",
+            "Requests refused: overloaded (503), deadline (504), unauthorized (401), too_large (413).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.registry.register(GpuMemoryCollector())
+        self._request_children: dict[tuple[str, str, int], Any] = {}
+        self._latency_children: dict[tuple[str, str], Any] = {}
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        # Children cached by label values: .labels() takes a lock and builds a tuple every call.
+        key = (method, route, status)
+        child = self._request_children.get(key)
+        if child is None:
+            child = self._request_children[key] = self.requests.labels(method, route, str(status))
+        child.inc()
+        latency = self._latency_children.get(key[:2])
+        if latency is None:
+            latency = self._latency_children[key[:2]] = self.latency.labels(method, route)
+        latency.observe(seconds)
+        if status in REJECTION_REASONS:
+            self.rejections.labels(REJECTION_REASONS[status]).inc()
+
+
+REJECTION_REASONS = {401: "unauthorized", 413: "too_large", 429: "overloaded", 503: "overloaded", 504: "deadline"}
+
+
+def _route_template(scope: Scope) -> str:
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else "unmatched"  # unmatched paths would explode the label set
+
+
+class RequestMiddleware:
+    """Gives every HTTP request an X-Request-ID (the client's, when it sends a sane one), echoes
+    it in the response, logs one access line and records the request's metrics."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, access_log: bool) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.access_log = access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        scope[STARTED_KEY] = time.monotonic()
+        request_id = None
+        for key, value in scope["headers"]:
+            if key == REQUEST_ID_HEADER and _VALID_REQUEST_ID.fullmatch(value):
+                request_id = value
+                break
+        if request_id is None:
+            request_id = uuid.uuid4().hex.encode()
+        scope[REQUEST_ID_KEY] = request_id.decode()
+        status = 500
+        sent_bytes = 0
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, sent_bytes
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), (REQUEST_ID_HEADER, request_id)]
+            elif message["type"] == "http.response.body":
+                sent_bytes += len(message.get("body", b""))
+            await send(message)
+
+        self.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            self.metrics.in_flight.dec()
+            seconds = time.perf_counter() - started
+            route = _route_template(scope)
+            self.metrics.observe_request(scope["method"], route, status, seconds)
+            if self.access_log:
+                client = scope.get("client")
+                access_logger.info(
+                    "%s %s %d %.1fms",
+                    scope["method"],
+                    scope["path"],
+                    status,
+                    seconds * 1000,
+                    extra={
+                        "request_id": scope[REQUEST_ID_KEY],
+                        "method": scope["method"],
+                        "path": scope["path"],
+                        "route": route,
+                        "status": status,
+                        "duration_ms": round(seconds * 1000, 3),
+                        "bytes": sent_bytes,
+                        "client": client[0] if client else None,
+                    },
+                )

@@ -1,0 +1,53 @@
+"""The compute pool: at most ``concurrency`` computations at once, at most ``queue`` waiting.
+
+Beyond both, a request is refused at once (503 with Retry-After) rather than left to pile up;
+a request that waits past its time budget gets a 504.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import anyio
+import anyio.to_thread
+
+from service.errors import DeadlineExceeded, Overloaded
+
+T = TypeVar("T")
+
+
+class ComputePool:
+    """Bounded concurrency and a bounded wait queue, on one event loop."""
+
+    def __init__(self, concurrency: int, queue: int, retry_after_s: int = 1) -> None:
+        self.limiter = anyio.CapacityLimiter(concurrency)
+        self.max_queue = queue
+        self.retry_after_s = retry_after_s
+        self.waiting = 0
+
+    @property
+    def running(self) -> int:
+        return int(self.limiter.borrowed_tokens)
+
+    async def run(self, job: Callable[[], T], deadline: float) -> T:
+        """``job()`` in a worker thread once a slot is free; ``deadline`` is a monotonic instant."""
+        if self.limiter.available_tokens == 0 and self.waiting >= self.max_queue:
+            raise Overloaded(
+                f"All {int(self.limiter.total_tokens)} compute slots are busy and {self.waiting} requests are "
+                "waiting; retry shortly.",
+                retry_after=self.retry_after_s,
+            )
+        self.waiting += 1
+        try:
+            with anyio.move_on_after(max(0.0, deadline - time.monotonic())) as waited:
+                await self.limiter.acquire()
+        finally:
+            self.waiting -= 1
+        if waited.cancelled_caught:
+            raise DeadlineExceeded("The request's time budget ran out while it waited for a compute slot.")
+        try:
+            return await anyio.to_thread.run_sync(job)
+        finally:
+            self.limiter.release()
