@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import signal
 from collections.abc import Sequence
+from types import FrameType
 
 import uvicorn
 from pydantic import ValidationError
 
 from service.config import Settings
+from service.logs import logging_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,14 +44,22 @@ def main(argv: Sequence[str] | None = None) -> None:
         settings = Settings()
     except ValidationError as exc:
         parser.error(str(exc))
+    # uvicorn re-raises the SIGTERM it handled once its graceful shutdown is done: exit 0 then.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     uvicorn.run(
         "service.main:app",
         host=settings.host,
         port=settings.port,
         workers=settings.workers,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=30,
+        log_config=logging_config(settings.log_level, settings.log_format),
+        access_log=False,  # RequestMiddleware writes the access log, with request ids
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s),
     )
+
+
+def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,43 @@
-"""Process lifecycle shared by the server and the app: whether a shutdown has begun."""
+"""Process lifecycle: draining on SIGTERM before the server's own graceful shutdown."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import signal
 import threading
+from types import FrameType
+from typing import Any
+
+logger = logging.getLogger("service.lifecycle")
 
 draining = threading.Event()
-"""Set when the process got SIGTERM (or SIGINT): /readyz answers 503 from then on."""
+"""Set once the process got SIGTERM or SIGINT: /readyz answers 503 from then on."""
+
+
+def install_drain_handler(drain_s: float) -> None:
+    """Put a handler in front of the server's SIGTERM/SIGINT handler: mark the process as
+    draining at once (so /readyz turns 503 while the listener still accepts, and load balancers
+    stop sending), and hand the signal on to the server's graceful shutdown ``drain_s`` later.
+
+    Call from the event loop's thread, after the server installed its handlers (the app's
+    lifespan startup); elsewhere (a test client's thread) it does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(sig)
+        if not callable(previous):
+            continue
+
+        def on_signal(number: int, frame: FrameType | None, previous: Any = previous) -> None:
+            if draining.is_set() or drain_s <= 0:
+                draining.set()
+                previous(number, frame)  # a second signal goes straight through
+                return
+            draining.set()
+            logger.info("draining: /readyz answers 503 for %.1f s before the shutdown begins", drain_s)
+            loop.call_soon_threadsafe(loop.call_later, drain_s, previous, number, None)
+
+        signal.signal(sig, on_signal)

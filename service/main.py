@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.middleware.gzip import GZipMiddleware
 
-from service import __version__
+from service import __version__, lifecycle
 from service.api.auth import ApiKeyMiddleware
 from service.api.errors import install_error_handlers
 from service.api.middleware import BodyLimitMiddleware
@@ -61,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # process: keep it out of the collector's generations, so full collections stay short.
         gc.collect()
         gc.freeze()
+        lifecycle.install_drain_handler(settings.drain_s)
         app.state.readiness = "ready"
         yield
         app.state.readiness = "draining"

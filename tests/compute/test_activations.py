@@ -84,7 +84,12 @@ def test_value_and_vjp_equal_torch_float64(spec: OpSpec, sample: Sample) -> None
 
 
 EDGE_VALUES = (0.0, -0.0, 0.5, -0.5, 1.0, -1.0, 3.0, -3.0, 6.0, -6.0, 20.0, -20.0, 1e-30, float("inf"), -float("inf"))
-BACKWARD_CASES = [case for case in CASES if case.values[0].backward is not None]
+BACKWARD_CASES = [
+    pytest.param(spec, sample, id=f"{spec.name}-{index}")
+    for spec in ACTIVATIONS
+    if spec.backward is not None
+    for index, sample in enumerate(spec.samples)
+]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -1,0 +1,153 @@
+"""Operational behaviour in-process: API keys, CORS, gzip, request ids, metrics, time budgets."""
+
+from __future__ import annotations
+
+import gzip
+import logging
+
+import orjson
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from service.logs import JsonFormatter, TextFormatter
+from tests.conftest import AppClient, ClientFactory
+from tests.helpers import assert_error
+
+SIGMOID = {"input": [0.5, -0.5]}
+
+
+def samples(client: AppClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of /metrics, parsed by prometheus-client's own parser."""
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+@pytest.fixture
+def keyed(make_client: ClientFactory) -> AppClient:
+    return make_client(api_keys="first-key, second-key")
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"authorization": "Bearer wrong"}, {"authorization": "first-key"}, {"authorization": "Basic Zmlyc3Q="}],
+    ids=["none", "wrong", "no-scheme", "basic"],
+)
+def test_a_missing_or_wrong_key_is_401(keyed: AppClient, headers: dict[str, str]) -> None:
+    response = keyed.post("/v1/activations/sigmoid", json=SIGMOID, headers=headers)
+    assert_error(response, 401, "unauthorized")
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert_error(keyed.get("/v1/activations", headers=headers), 401, "unauthorized")
+
+
+@pytest.mark.parametrize("key", ["first-key", "second-key"])
+def test_every_configured_key_opens_the_api(keyed: AppClient, key: str) -> None:
+    response = keyed.post("/v1/activations/sigmoid", json=SIGMOID, headers={"authorization": f"Bearer {key}"})
+    assert response.status_code == 200
+    assert keyed.get("/v1/optimizers", headers={"authorization": f"bearer {key}"}).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics", "/openapi.json"])
+def test_probes_metrics_and_docs_need_no_key(keyed: AppClient, path: str) -> None:
+    assert keyed.get(path).status_code == 200
+
+
+def test_refused_keys_are_counted(keyed: AppClient) -> None:
+    keyed.get("/v1/info")
+    assert samples(keyed)[("gradient_rejections_total", (("reason", "unauthorized"),))] >= 1
+
+
+def test_cors_allows_only_the_configured_origins(make_client: ClientFactory) -> None:
+    client = make_client(cors_origins="https://play.example", api_keys="k")
+    preflight = {"origin": "https://play.example", "access-control-request-method": "POST"}
+    allowed = client.request("OPTIONS", "/v1/activations/sigmoid", headers=preflight)
+    assert allowed.status_code == 200  # a preflight carries no key and needs none
+    assert allowed.headers["access-control-allow-origin"] == "https://play.example"
+    refused = client.request(
+        "OPTIONS", "/v1/activations/sigmoid", headers={**preflight, "origin": "https://elsewhere.example"}
+    )
+    assert "access-control-allow-origin" not in refused.headers
+    answer = client.post(
+        "/v1/activations/sigmoid",
+        json=SIGMOID,
+        headers={"origin": "https://play.example", "authorization": "Bearer k"},
+    )
+    assert answer.headers["access-control-allow-origin"] == "https://play.example"
+    assert "x-request-id" in answer.headers["access-control-expose-headers"].lower()
+
+
+def test_without_origins_no_cors_headers(client: AppClient) -> None:
+    answer = client.post("/v1/activations/sigmoid", json=SIGMOID, headers={"origin": "https://play.example"})
+    assert "access-control-allow-origin" not in answer.headers
+
+
+def test_large_responses_are_gzipped_on_request(client: AppClient) -> None:
+    body = {"input": [0.25] * 5000}
+    zipped = client.post("/v1/activations/tanh", json=body, headers={"accept-encoding": "gzip"})
+    assert zipped.headers["content-encoding"] == "gzip"
+    plain = client.post("/v1/activations/tanh", json=body, headers={"accept-encoding": "identity"})
+    assert "content-encoding" not in plain.headers
+    assert zipped.json()["output"] == plain.json()["output"]  # httpx has already unzipped it
+    assert len(gzip.compress(plain.content)) < len(plain.content)
+    small = client.post("/v1/activations/tanh", json=SIGMOID, headers={"accept-encoding": "gzip"})
+    assert "content-encoding" not in small.headers
+
+
+def test_request_ids_are_echoed_or_made(client: AppClient) -> None:
+    given = client.post("/v1/activations/sigmoid", json=SIGMOID, headers={"x-request-id": "abc-123"})
+    assert given.headers["x-request-id"] == "abc-123"
+    made = client.get("/healthz")
+    other = client.get("/healthz")
+    assert len(made.headers["x-request-id"]) == 32
+    assert made.headers["x-request-id"] != other.headers["x-request-id"]
+    unsafe = client.get("/healthz", headers={"x-request-id": "has space"})
+    assert unsafe.headers["x-request-id"] != "has space"
+    error = client.post("/v1/activations/nope", json=SIGMOID, headers={"x-request-id": "err-1"})
+    assert error.status_code == 404
+    assert error.headers["x-request-id"] == "err-1"
+
+
+def test_metrics_count_requests_by_route_template_and_time_compute_by_op(make_client: ClientFactory) -> None:
+    client = make_client()
+    for _ in range(3):
+        client.post("/v1/activations/sigmoid", json=SIGMOID)
+    client.post("/v1/activations/relu", json=SIGMOID)
+    client.post("/v1/activations/sigmoid", json={"input": [[1.0], [1.0, 2.0]]})
+    client.get("/no/such/route")
+    found = samples(client)
+    route = "/v1/activations/{name}"
+    key = (("method", "POST"), ("route", route), ("status", "200"))
+    assert found[("gradient_http_requests_total", key)] == 4
+    assert found[("gradient_http_requests_total", (("method", "POST"), ("route", route), ("status", "400")))] == 1
+    assert found[("gradient_http_requests_total", (("method", "GET"), ("route", "unmatched"), ("status", "404")))] == 1
+    assert found[("gradient_http_request_duration_seconds_count", (("method", "POST"), ("route", route)))] == 5
+    assert found[("gradient_compute_duration_seconds_count", (("op", "activation/sigmoid"),))] == 4
+    assert found[("gradient_compute_duration_seconds_count", (("op", "activation/relu"),))] == 1
+    assert found[("gradient_http_requests_in_flight", ())] == 1  # the scrape itself
+    assert found[("gradient_compute_running", ())] == 0
+    assert found[("gradient_compute_queued", ())] == 0
+
+
+def test_a_computation_past_the_time_budget_is_504(make_client: ClientFactory) -> None:
+    client = make_client(request_timeout_s=1e-6)
+    response = client.post("/v1/differentiate", json={"expression": "x * 2", "inputs": {"x": 1.0}})
+    assert "time budget" in assert_error(response, 504, "deadline_exceeded")["message"]
+    assert samples(client)[("gradient_rejections_total", (("reason", "deadline"),))] == 1
+
+
+def test_log_lines_in_both_formats() -> None:
+    record = logging.LogRecord("service.access", logging.INFO, __file__, 1, "GET /healthz %d", (200,), None)
+    record.request_id = "r-1"
+    line = orjson.loads(JsonFormatter().format(record))
+    assert line["message"] == "GET /healthz 200"
+    assert line["request_id"] == "r-1"
+    assert line["level"] == "info"
+    assert line["logger"] == "service.access"
+    assert line["time"].endswith("Z")
+    text = TextFormatter().format(record)
+    assert "INFO service.access: GET /healthz 200 request_id=r-1" in text

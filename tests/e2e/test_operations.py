@@ -1,0 +1,109 @@
+"""Operating the real server: overload, probes under load, draining on SIGTERM, JSON logs."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+from tests.e2e.serving import Server, running_server
+from tests.helpers import assert_error
+
+pytestmark = pytest.mark.e2e
+
+# Long enough to hold a compute slot for a few seconds on any machine, short enough to finish.
+LONG_RUN = {"objective": "rosenbrock", "x0": [0.0, 0.0], "steps": 8_000, "record_every": 8_000, "report": "summary"}
+
+
+def metric(base: str, name: str) -> float:
+    for line in httpx.get(f"{base}/metrics", timeout=5).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} is not in /metrics")
+
+
+def wait_for(condition: str, check: object, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"timed out waiting for {condition}"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def small_server(tmp_path: Path) -> Iterator[Server]:
+    with running_server(
+        tmp_path / "server.log",
+        GRADIENT_MAX_CONCURRENCY="1",
+        GRADIENT_MAX_QUEUE="1",
+        GRADIENT_RETRY_AFTER_S="3",
+        GRADIENT_DRAIN_S="1.5",
+        GRADIENT_SHUTDOWN_GRACE_S="60",
+        GRADIENT_LOG_FORMAT="json",
+        GRADIENT_REQUEST_TIMEOUT_S="600",
+    ) as started:
+        yield started
+
+
+def test_overload_is_503_with_retry_after_and_probes_stay_quick(small_server: Server) -> None:
+    base, *_ = small_server
+    answers: list[int] = []
+
+    def post_long() -> None:
+        answers.append(httpx.post(f"{base}/v1/optimize", json=LONG_RUN, timeout=120).status_code)
+
+    workers = [threading.Thread(target=post_long) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    # One run holds the only slot, the other the only place in the queue.
+    wait_for("a full pool", lambda: metric(base, "gradient_compute_running") == 1)
+    wait_for("a full queue", lambda: metric(base, "gradient_compute_queued") == 1)
+
+    refused = httpx.post(f"{base}/v1/optimize", json=LONG_RUN, timeout=10)
+    assert_error(refused, 503, "overloaded")
+    assert refused.headers["retry-after"] == "3"
+    # Probes and metrics are answered by the event loop while the compute pool is full.
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert httpx.get(f"{base}{path}", timeout=2).status_code == 200
+
+    for worker in workers:
+        worker.join(timeout=120)
+    assert answers == [200, 200]  # nothing admitted was lost
+    assert metric(base, 'gradient_rejections_total{reason="overloaded"}') == 1
+
+
+def test_sigterm_drains_then_finishes_in_flight_work(small_server: Server) -> None:
+    base, process, log = small_server
+    answers: list[httpx.Response] = []
+    worker = threading.Thread(
+        target=lambda: answers.append(
+            httpx.post(f"{base}/v1/optimize", json=LONG_RUN, headers={"x-request-id": "drain-test-1"}, timeout=120)
+        )
+    )
+    worker.start()
+    wait_for("the run to start", lambda: metric(base, "gradient_compute_running") == 1)
+
+    process.send_signal(signal.SIGTERM)
+    # While draining, the listener still accepts and /readyz tells load balancers to stop.
+    draining = httpx.get(f"{base}/readyz", timeout=2)
+    assert draining.status_code == 503
+    assert draining.json() == {"status": "draining"}
+    assert httpx.get(f"{base}/healthz", timeout=2).status_code == 200
+
+    worker.join(timeout=120)
+    assert process.wait(timeout=60) == 0
+    assert [answer.status_code for answer in answers] == [200]  # the run in flight finished
+    assert answers[0].headers["x-request-id"] == "drain-test-1"
+
+    lines = [orjson.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    access = [line for line in lines if line["logger"] == "service.access"]
+    run = next(line for line in access if line["request_id"] == "drain-test-1")
+    assert run["status"] == 200
+    assert run["route"] == "/v1/optimize"
+    assert run["method"] == "POST"
+    assert any(line["message"] == "Application shutdown complete." for line in lines)
