@@ -1,5 +1,5 @@
 """One module per endpoint family; ``ROUTERS`` is the whole URL table."""
 
-from service.api.routes import activations, differentiate, losses, meta, optimize
+from service.api.routes import activations, differentiate, losses, meta, optimize, web
 
-ROUTERS = (activations.router, losses.router, differentiate.router, optimize.router, meta.router)
+ROUTERS = (activations.router, losses.router, differentiate.router, optimize.router, meta.router, web.router)

@@ -1,0 +1,364 @@
+"""The playground page (GET /) in a real browser: Playwright driving Debian's chromium against a
+real uvicorn server. Skipped when the playwright package or the browser is missing
+(``scripts/install-browser`` installs the browser).
+
+The page's Content-Security-Policy forbids eval, so waits poll from Python (``wait_until``) or
+use Playwright's locator assertions rather than ``page.wait_for_function``.
+
+Set GRADIENT_SCREENSHOT_DIR to also write the optimiser tab's screenshot there as
+``playground.png`` (``GRADIENT_SCREENSHOT_DIR=docs`` refreshes the README's picture).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+try:
+    from playwright.sync_api import (
+        Browser,
+        ConsoleMessage,
+        Page,
+        Request,
+        Response,
+        ViewportSize,
+        expect,
+        sync_playwright,
+    )
+except ImportError:  # pragma: no cover - depends on the environment
+    pytest.skip("the playwright package is not installed", allow_module_level=True)
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = Path(os.environ.get("GRADIENT_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+VIEWPORT: ViewportSize = {"width": 1440, "height": 1000}
+TIMEOUT_MS = 30_000
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def chromium_available() -> bool:
+    return CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not chromium_available():
+        pytest.skip(f"no chromium at {CHROMIUM} (scripts/install-browser installs it)")
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield instance
+        instance.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    env = {**os.environ, "GRADIENT_TORCH_THREADS": "1"}
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service", "--port", str(port)],
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    try:
+        while True:
+            try:
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert process.poll() is None, "the server exited during start-up"
+            assert time.monotonic() < deadline, "the server did not become ready within 60 s"
+            time.sleep(0.2)
+        yield base
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+@dataclass
+class Session:
+    """One page, with everything it asked for and every error it reported."""
+
+    page: Page
+    base: str
+    requests: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+    def open(self, tab: str = "") -> None:
+        self.page.goto(f"{self.base}/#{tab}" if tab else f"{self.base}/")
+
+    def assert_clean(self, allowed_statuses: tuple[int, ...] = ()) -> None:
+        """No page error, no console error, no failed request and no request to another origin.
+
+        Chromium logs every 4xx answer to a fetch as a console error; a test that provokes API
+        errors on purpose names their statuses in ``allowed_statuses``."""
+        expected = [f"status of {status} " for status in allowed_statuses]
+        errors = [e for e in self.errors if not any(text in e for text in expected)]
+        assert errors == []
+        assert self.failed == []
+        foreign = [url for url in self.requests if not url.startswith(f"{self.base}/")]
+        assert foreign == [], "the page asked for something outside the service"
+        assert self.requests, "no request recorded"
+
+
+@pytest.fixture
+def session(browser: Browser, server: str) -> Iterator[Session]:
+    context = browser.new_context(viewport=VIEWPORT)
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    result = Session(page, server)
+
+    def on_console(message: ConsoleMessage) -> None:
+        if message.type == "error":
+            result.errors.append(message.text)
+
+    def on_failed(request: Request) -> None:
+        if not request.url.endswith("/v1/optimize"):  # a stopped stream is a failed request
+            result.failed.append(f"{request.url}: {request.failure}")
+
+    page.on("console", on_console)
+    page.on("pageerror", lambda error: result.errors.append(f"uncaught: {error}"))
+    page.on("request", lambda request: result.requests.append(request.url))
+    page.on("requestfailed", on_failed)
+    yield result
+    context.close()
+
+
+def wait_until(page: Page, expression: str, timeout_s: float = TIMEOUT_MS / 1000) -> Any:
+    """Poll a JavaScript expression until it is truthy (wait_for_function needs eval, which the CSP forbids)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = page.evaluate(expression)
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {expression}"
+        time.sleep(0.1)
+
+
+def traces(page: Page, testid: str) -> int:
+    """How many traces Plotly drew in the plot with this data-testid (0 before the first draw)."""
+    count: int = page.evaluate(f"(document.querySelector('[data-testid={testid}]').data || []).length")
+    return count
+
+
+def wait_for_plot(page: Page, testid: str, at_least: int) -> None:
+    wait_until(page, f"(document.querySelector('[data-testid={testid}]').data || []).length >= {at_least}")
+    expect(page.get_by_test_id(testid).locator(".main-svg").first).to_be_visible()
+
+
+def trace_field(page: Page, testid: str, index: int, key: str) -> list[Any]:
+    script = f"Array.from(document.querySelector('[data-testid={testid}]').data[{index}].{key})"
+    values: list[Any] = page.evaluate(script)
+    return values
+
+
+def set_range(page: Page, testid: str, value: float) -> None:
+    page.get_by_test_id(testid).evaluate(
+        "(node, value) => { node.value = String(value); node.dispatchEvent(new Event('input', {bubbles: true})); }",
+        value,
+    )
+
+
+def test_page_and_assets_are_served_but_not_documented(server: str) -> None:
+    page = httpx.get(f"{server}/")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert 'data-testid="run-optimizer"' in page.text
+    for asset in ("/web/app.js", "/web/style.css", "/web/vendor/plotly.min.js", "/web/vendor/LICENSE-plotly.txt"):
+        assert httpx.get(f"{server}{asset}").status_code == 200, asset
+    missing = httpx.get(f"{server}/web/nothing-here.js")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["type"] == "not_found"
+    paths = httpx.get(f"{server}/openapi.json").json()["paths"]
+    assert "/" not in paths
+    assert not any(path.startswith("/web") for path in paths)
+
+
+def test_the_page_loads_cleanly_and_stays_on_its_origin(session: Session) -> None:
+    page = session.page
+    session.open()
+    expect(page).to_have_title(re.compile("Gradient Service"))
+    wait_for_plot(page, "activation-plot", 3)  # the first tab draws f, f' and f''
+    expect(page.get_by_test_id("service-info")).to_contain_text("torch")
+    assert page.url.endswith("#activations")
+    assert any(url.endswith("/web/vendor/plotly.min.js") for url in session.requests)
+    session.assert_clean()
+
+
+def test_activations_tab_draws_derivatives_and_params(session: Session) -> None:
+    page = session.page
+    session.open("activations")
+    wait_for_plot(page, "activation-plot", 3)
+    page.get_by_test_id("activation-select").select_option("leaky_relu")
+    slope = page.get_by_test_id("param-negative_slope")
+    expect(slope).to_have_value("0.01")
+    slope.fill("0.2")
+    # f' of leaky_relu is the slope left of 0 and 1 right of it; f'' is 0.
+    wait_until(page, "document.querySelector('[data-testid=activation-plot]').data[1].y[0] === 0.2")
+    grad = trace_field(page, "activation-plot", 1, "y")
+    assert grad[0] == pytest.approx(0.2) and grad[-1] == pytest.approx(1.0)
+    assert set(trace_field(page, "activation-plot", 2, "y")) == {0}
+
+    page.get_by_test_id("activation-select").select_option("softmax")
+    expect(page.get_by_test_id("activation-jacobian")).to_be_visible()
+    wait_for_plot(page, "activation-jacobian", 1)
+    assert traces(page, "activation-plot") == 2  # f and the VJP: no second derivative for softmax
+    wait_until(page, "document.querySelector('[data-testid=activation-jacobian]').data[0].type === 'heatmap'")
+    session.assert_clean()
+
+
+def test_losses_tab_sweeps_a_prediction_against_a_target(session: Session) -> None:
+    page = session.page
+    session.open("losses")
+    wait_for_plot(page, "loss-plot", 2)
+    page.get_by_test_id("loss-select").select_option("mse")
+    set_range(page, "loss-target", 1.5)
+    expect(page.get_by_test_id("loss-target-value")).to_have_text("1.5")
+    wait_until(page, "document.querySelector('[data-testid=loss-plot]').layout.title.text === 'mse, target 1.5'")
+    xs = trace_field(page, "loss-plot", 0, "x")
+    loss = trace_field(page, "loss-plot", 0, "y")
+    grad = trace_field(page, "loss-plot", 1, "y")
+    for x, value, slope in list(zip(xs, loss, grad, strict=True))[::40]:
+        assert value == pytest.approx((x - 1.5) ** 2, rel=1e-4, abs=1e-5)
+        assert slope == pytest.approx(2 * (x - 1.5), rel=1e-4, abs=1e-5)
+
+    page.get_by_test_id("loss-select").select_option("cross_entropy")
+    expect(page.get_by_test_id("loss-others")).to_be_visible()
+    # loss, then its gradient w.r.t. the swept logit and each of the two others
+    wait_until(page, "(document.querySelector('[data-testid=loss-plot]').data || []).length === 4")
+    session.assert_clean()
+
+
+def test_expressions_tab_shows_value_gradient_and_hessian(session: Session) -> None:
+    page = session.page
+    session.open("expressions")
+    result = page.get_by_test_id("expression-result")
+    expect(result).to_contain_text("Hessian")
+    wait_for_plot(page, "hessian-plot", 1)
+    page.get_by_test_id("expression-input").fill("sum(x ** 3)")
+    page.get_by_test_id("expression-inputs").fill('{"x": [1.0, 2.0]}')
+    page.get_by_test_id("differentiate").click()
+    expect(result).to_contain_text("9")  # value 1 + 8; gradient 3x^2 = [3, 12]; Hessian diag(6x) = [6, 12]
+    expect(result.locator(".tensor").nth(1)).to_have_text(re.compile(r"3\s*12"))
+    z = page.evaluate("document.querySelector('[data-testid=hessian-plot]').data[0].z")
+    assert z == [[6, 0], [0, 12]]
+
+    page.get_by_test_id("expression-input").fill("x +")
+    page.get_by_test_id("differentiate").click()
+    error = page.get_by_test_id("expression-error")
+    expect(error).to_be_visible()
+    expect(error).to_contain_text("invalid_expression")
+    session.assert_clean(allowed_statuses=(400,))
+
+
+def test_optimizer_tab_streams_trajectories_from_clicked_starts(session: Session, tmp_path: Path) -> None:
+    page = session.page
+    session.open("optimizers")
+    wait_for_plot(page, "landscape-plot", 3)  # contour, known minima, starts
+    kinds = page.evaluate("document.querySelector('[data-testid=landscape-plot]').data.map(t => t.type)")
+    assert kinds[0] == "contour"
+    webgl = page.evaluate("!!document.createElement('canvas').getContext('webgl')")
+    if webgl:
+        wait_for_plot(page, "surface-plot", 1)
+        assert page.evaluate("document.querySelector('[data-testid=surface-plot]').data[0].type") == "surface"
+
+    page.get_by_test_id("clear-starts").click()
+    expect(page.get_by_test_id("start-count")).to_have_text("0")
+    area = page.get_by_test_id("landscape-plot").locator(".nsewdrag").first
+    box = area.bounding_box()
+    assert box is not None
+    for fx, fy in ((0.2, 0.25), (0.8, 0.3), (0.3, 0.8)):
+        page.mouse.click(box["x"] + fx * box["width"], box["y"] + fy * box["height"])
+    expect(page.get_by_test_id("start-count")).to_have_text("3")
+    # The first click, a fifth of the way across [-6, 6] and a quarter down: about (-3.6, 3).
+    first = page.get_by_test_id("start").first.inner_text()
+    x0, y0 = (float(v) for v in re.findall(r"-?\d+(?:\.\d+)?", first)[:2])
+    assert x0 == pytest.approx(-3.6, abs=0.3) and y0 == pytest.approx(3.0, abs=0.3)
+
+    page.get_by_test_id("use-sgd").check()
+    page.get_by_test_id("opt-steps").fill("1500")
+    page.get_by_test_id("opt-record").fill("25")
+    streams: list[Response] = []
+    page.on("response", lambda response: streams.append(response) if response.url.endswith("/v1/optimize") else None)
+    page.get_by_test_id("run-optimizer").click()
+
+    count = page.get_by_test_id("trajectory-count")
+    expect(count).to_have_text(re.compile(r"^[1-9]\d*$"))  # trajectories appear...
+    status = page.get_by_test_id("run-status")
+    expect(status).to_have_attribute("data-state", "done", timeout=120_000)  # ...and the run ends
+    expect(count).to_have_text("6")  # 3 starts x (adam, sgd)
+
+    # They came over the event stream: progress events, points drawn from them, then the result.
+    assert len(streams) == 1
+    assert streams[0].request.headers["accept"] == "text/event-stream"
+    assert streams[0].headers["content-type"].startswith("text/event-stream")
+    assert int(status.get_attribute("data-progress-events") or 0) > 0
+    assert int(status.get_attribute("data-live-points") or 0) > 0
+    expect(page.get_by_test_id("run-results").locator("tbody tr")).to_have_count(6)
+    lines = page.evaluate(
+        "document.querySelector('[data-testid=landscape-plot]').data.filter(t => t.mode === 'lines+markers').length"
+    )
+    assert lines == 6
+
+    page.wait_for_timeout(300)  # the last redraw
+    shot = tmp_path / "playground.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    if target := os.environ.get("GRADIENT_SCREENSHOT_DIR"):
+        Path(target).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(target) / "playground.png"), full_page=True)
+    session.assert_clean()
+
+
+def test_optimizer_tab_shows_api_and_input_errors(session: Session) -> None:
+    page = session.page
+    session.open("optimizers")
+    wait_for_plot(page, "landscape-plot", 3)
+    page.get_by_test_id("clear-starts").click()
+    page.get_by_test_id("run-optimizer").click()
+    error = page.get_by_test_id("optimizer-error")
+    expect(error).to_contain_text("Add a start")
+
+    page.get_by_test_id("objective-select").select_option("__custom__")
+    page.get_by_test_id("objective-expression").fill("sum(x ** 2) +")
+    expect(error).to_contain_text("invalid_expression")
+    page.get_by_test_id("objective-expression").fill("sum((x - 1) ** 2)")
+    expect(error).to_be_hidden()
+    page.get_by_test_id("random-starts").click()
+    expect(page.get_by_test_id("start-count")).to_have_text("4")
+    session.assert_clean(allowed_statuses=(400,))
