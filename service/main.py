@@ -16,6 +16,7 @@ from fastapi.middleware.gzip import GZipMiddleware
 from service import __version__, lifecycle
 from service.api.auth import ApiKeyMiddleware
 from service.api.errors import install_error_handlers
+from service.api.jsonbody import with_request_schemas
 from service.api.middleware import BodyLimitMiddleware
 from service.api.observability import Metrics, RequestMiddleware
 from service.api.pool import ComputePool
@@ -81,6 +82,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # ahead of the documentation routes saves it four more.
     app.router.routes[:0] = [route for router in ROUTERS for route in router.routes]
     install_error_handlers(app)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = with_request_schemas(FastAPI.openapi(app))
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     # Innermost first: the last one added sees the request first.
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(GZipMiddleware, minimum_size=settings.gzip_min_bytes)

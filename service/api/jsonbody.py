@@ -46,11 +46,30 @@ async def read_json_body(request: Request, model: type[Model]) -> Model:
         ) from exc
 
 
+COMPONENT_REF = "#/components/schemas/{model}"
+
+REQUEST_SCHEMAS: dict[str, Any] = {}
+"""The request models documented by ``json_body_openapi`` and the models they use, by name, for
+``components.schemas`` of the OpenAPI (see ``with_request_schemas``)."""
+
+
 def json_body_openapi(model: type[BaseModel]) -> dict[str, Any]:
     """``openapi_extra`` that documents ``model`` as the route's required JSON body."""
+    schema = model.model_json_schema(ref_template=COMPONENT_REF)
+    REQUEST_SCHEMAS.update(schema.pop("$defs", {}))
+    REQUEST_SCHEMAS[model.__name__] = schema
     return {
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": model.model_json_schema()}},
+            "content": {"application/json": {"schema": {"$ref": COMPONENT_REF.format(model=model.__name__)}}},
         }
     }
+
+
+def with_request_schemas(openapi: dict[str, Any]) -> dict[str, Any]:
+    """``openapi`` with the hand-documented request models among its component schemas."""
+    schemas = openapi.setdefault("components", {}).setdefault("schemas", {})
+    for name, schema in REQUEST_SCHEMAS.items():
+        if schemas.setdefault(name, schema) != schema:
+            raise RuntimeError(f"two different schemas are both named {name} in the OpenAPI")
+    return openapi

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from fastapi import Response
+from fastapi.responses import JSONResponse
 
 JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
@@ -14,10 +14,10 @@ def dump_json(payload: Any) -> bytes:
     return orjson.dumps(payload, option=JSON_OPTIONS)
 
 
-class JSONBytesResponse(Response):
-    """A response whose body is already-serialised JSON, or any payload orjson can write."""
+class JSONBytesResponse(JSONResponse):
+    """A response whose body is already-serialised JSON, or any payload orjson can write.
 
-    media_type = "application/json"
+    A JSONResponse, so that the OpenAPI documents it as the route's JSON model."""
 
     def render(self, content: Any) -> bytes:
         return content if isinstance(content, bytes) else dump_json(content)

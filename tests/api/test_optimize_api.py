@@ -367,3 +367,4 @@ def test_progress_events_follow_the_wire_format(client: AppClient) -> None:
     assert first[0]["value"] == "NaN"
     assert first[1]["x"]["dtype"] == "float32"
     assert first[1]["optimizer"] == "adam"
+    assert first[1]["optimizer_index"] == 0

@@ -11,7 +11,7 @@ from service.api.deps import settings_of
 from service.api.dispatch import compute_response
 from service.api.jsonbody import json_body_openapi, read_json_body
 from service.api.responses import JSONBytesResponse
-from service.api.routes.common import ERROR_RESPONSES, name_parameter
+from service.api.routes.common import AUTH_RESPONSES, ERROR_RESPONSES, name_parameter
 from service.api.routing import compute_post
 from service.api.schemas import (
     ActivationCatalog,
@@ -27,7 +27,7 @@ router = APIRouter(prefix="/v1/activations", tags=["activations"])
 ActivationName = Annotated[str, name_parameter(ACTIVATIONS)]
 
 
-@router.get("", summary="List the activations, their formulas and parameters")
+@router.get("", summary="List the activations, their formulas and parameters", responses=AUTH_RESPONSES)
 def list_activations() -> ActivationCatalog:
     return ActivationCatalog(
         activations=[

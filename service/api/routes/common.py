@@ -9,15 +9,29 @@ from fastapi import Path
 from service.api.schemas import ErrorBody
 from service.compute.registry import Registry
 
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody, "description": description}
-    for code, description in {
-        400: "Invalid input: ragged array, shape mismatch, bad parameter value, absent device.",
-        404: "Unknown name.",
-        413: "A size limit was exceeded.",
-        422: "The body does not match the schema.",
-    }.items()
+
+def _errors(descriptions: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorBody, "description": text} for code, text in descriptions.items()}
+
+
+AUTH_RESPONSES = _errors({401: "An API key is configured and the request has none, or a wrong one."})
+"""What any /v1 route may answer besides its own result."""
+
+ERROR_RESPONSES = {
+    **AUTH_RESPONSES,
+    **_errors(
+        {
+            400: "Invalid input: ragged array, shape mismatch, bad parameter value, absent device.",
+            404: "Unknown name.",
+            413: "A size limit was exceeded.",
+            415: "The body is not sent as JSON.",
+            422: "The body does not match the schema.",
+            503: "Every compute slot is busy and the queue is full (see Retry-After), or the device ran out of memory.",
+            504: "The request's time budget ran out.",
+        }
+    ),
 }
+"""What a compute route may answer besides its result."""
 
 
 def name_parameter(registry: Registry[Any]) -> Any:

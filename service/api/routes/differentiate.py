@@ -11,7 +11,7 @@ from service.api.deps import settings_of
 from service.api.dispatch import compute_response
 from service.api.jsonbody import json_body_openapi, read_json_body
 from service.api.responses import JSONBytesResponse
-from service.api.routes.common import ERROR_RESPONSES
+from service.api.routes.common import AUTH_RESPONSES, ERROR_RESPONSES
 from service.api.routing import compute_post
 from service.api.schemas import DifferentiateRequest, DifferentiateResponse, FunctionCatalog, FunctionInfo
 from service.compute.differentiate import differentiate
@@ -40,7 +40,7 @@ OPERATORS = [
 ]
 
 
-@router.get("/v1/functions", summary="The expression language's functions and operators")
+@router.get("/v1/functions", summary="The expression language's functions and operators", responses=AUTH_RESPONSES)
 def list_functions() -> FunctionCatalog:
     return FunctionCatalog(
         functions=[

@@ -11,7 +11,7 @@ from service.api.context import ComputeContext, validate_params
 from service.api.dispatch import compute_response
 from service.api.jsonbody import json_body_openapi, read_json_body
 from service.api.responses import JSONBytesResponse
-from service.api.routes.common import ERROR_RESPONSES, name_parameter
+from service.api.routes.common import AUTH_RESPONSES, ERROR_RESPONSES, name_parameter
 from service.api.routing import compute_post
 from service.api.schemas import LossCatalog, LossInfo, LossRequest, LossResponse, params_schema
 from service.compute.losses import LOSSES, evaluate_loss
@@ -21,7 +21,7 @@ router = APIRouter(prefix="/v1/losses", tags=["losses"])
 LossName = Annotated[str, name_parameter(LOSSES)]
 
 
-@router.get("", summary="List the losses, their formulas, parameters and targets")
+@router.get("", summary="List the losses, their formulas, parameters and targets", responses=AUTH_RESPONSES)
 def list_losses() -> LossCatalog:
     return LossCatalog(
         losses=[

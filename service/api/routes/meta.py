@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from service import __version__, lifecycle
 from service.api.deps import SettingsDep
 from service.api.responses import JSONBytesResponse
+from service.api.routes.common import AUTH_RESPONSES
 from service.api.schemas import Health, Info, Readiness
 from service.compute.runtime import available_devices, resolve_device
 from service.compute.tensors import FLOAT_DTYPES
@@ -52,7 +53,7 @@ def _default_device(preference: str) -> str:
         return f"{preference} (configured, but not available)"
 
 
-@router.get("/v1/info", summary="Versions, devices, defaults and limits")
+@router.get("/v1/info", summary="Versions, devices, defaults and limits", responses=AUTH_RESPONSES)
 def info(settings: SettingsDep) -> Info:
     return Info(
         name="gradient-service",

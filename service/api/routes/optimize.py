@@ -23,7 +23,7 @@ from service.api.deps import settings_of
 from service.api.dispatch import compute_response, request_deadline
 from service.api.jsonbody import json_body_openapi, read_json_body
 from service.api.responses import JSONBytesResponse, dump_json
-from service.api.routes.common import ERROR_RESPONSES
+from service.api.routes.common import AUTH_RESPONSES, ERROR_RESPONSES
 from service.api.routing import compute_post
 from service.api.schemas import (
     ExpressionObjective,
@@ -48,7 +48,9 @@ PROGRESS_BUFFER = 64
 INTERNAL = "The server failed unexpectedly; this is a bug, please report it."
 
 
-@router.get("/v1/objectives", summary="Test functions: formulas, dimensions, domains and known minima")
+@router.get(
+    "/v1/objectives", summary="Test functions: formulas, dimensions, domains and known minima", responses=AUTH_RESPONSES
+)
 def list_objectives() -> dict[str, Any]:
     return {
         "objectives": [
@@ -64,7 +66,11 @@ def list_objectives() -> dict[str, Any]:
     }
 
 
-@router.get("/v1/optimizers", summary="torch.optim optimizers and the JSON schema of their hyper-parameters")
+@router.get(
+    "/v1/optimizers",
+    summary="torch.optim optimizers and the JSON schema of their hyper-parameters",
+    responses=AUTH_RESPONSES,
+)
 def list_optimizers() -> dict[str, Any]:
     return {"optimizers": [{"name": spec.name, "doc": spec.doc, "params": params_schema(spec)} for spec in OPTIMIZERS]}
 
@@ -174,6 +180,7 @@ async def optimize(request: Request) -> Response:
                 {
                     "start": run.start,
                     "optimizer": optimizers[run.optimizer][0].name,
+                    "optimizer_index": run.optimizer,
                     "x": ctx.wire(run.x),
                     "value": scalar_to_wire(run.value),
                 }
