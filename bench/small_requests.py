@@ -1,7 +1,8 @@
 """Throughput for small requests (8 floats, sigmoid) under wrk, against a FastAPI echo endpoint.
 
 Run: .venv/bin/python -m bench.small_requests [--duration S] [--connections C] [--threads T] [--rounds R]
-Starts both servers (one uvicorn worker each, ours with GRADIENT_TORCH_THREADS=1), warms each with a
+Starts both servers (one uvicorn worker each, no access log; ours with GRADIENT_TORCH_THREADS=1),
+warms each with a
 short wrk run, then alternates wrk runs against our POST /v1/activations/sigmoid and the baseline's
 POST /echo with the same body, ``--rounds`` times. Prints requests/s and p50/p99 latency for each,
 and the throughput ratio ours / baseline against the 0.8 target. Needs wrk on the PATH.
@@ -12,79 +13,27 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import re
 import shutil
 import statistics
-import subprocess
-from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import orjson
 
 from bench.servers import uvicorn_server
+from bench.wrk import WrkResult, run_wrk
 
 TARGET = 0.8
-SCRIPT = Path(__file__).with_name("post_json.lua")
 INPUT = [0.1, -0.2, 0.3, -0.4, 0.5, -0.6, 0.7, -0.8]
 OURS_PATH = "/v1/activations/sigmoid"
 BASELINE_PATH = "/echo"
 
-_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
 
-
-@dataclass(frozen=True)
-class WrkResult:
-    requests_per_s: float
-    p50_ms: float
-    p99_ms: float
-
-
-def _latency_ms(text: str) -> float:
-    match = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text)
-    if match is None:
-        raise ValueError(f"unreadable wrk latency {text!r}")
-    return float(match[1]) * _UNITS[match[2]]
-
-
-def _find(pattern: str, output: str, what: str) -> str:
-    match = re.search(pattern, output, re.MULTILINE)
-    if match is None:
-        raise RuntimeError(f"no {what} in wrk's output:\n{output}")
-    return match[1]
-
-
-def run_wrk(url: str, body: bytes, duration_s: int, connections: int, threads: int) -> WrkResult:
-    """One wrk run; raises when wrk fails, any response is not 2xx, or any socket error occurs."""
-    command = [
-        "wrk",
-        f"-t{threads}",
-        f"-c{connections}",
-        f"-d{duration_s}s",
-        "--latency",
-        "-s",
-        str(SCRIPT),
-        url,
-    ]
-    done = subprocess.run(
-        command, env={**os.environ, "WRK_BODY": body.decode()}, capture_output=True, text=True, check=False
-    )
-    output = done.stdout + done.stderr
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} exited with {done.returncode}:\n{output}")
-    non2xx = int(_find(r"^non2xx (\d+)$", output, "non2xx count (from post_json.lua)"))
-    if non2xx or "Non-2xx or 3xx responses" in output:
-        raise RuntimeError(f"{url} gave {non2xx} non-2xx responses:\n{output}")
-    if "Socket errors" in output:
-        raise RuntimeError(f"wrk reported socket errors against {url}:\n{output}")
-    requests = int(_find(r"^\s*(\d+) requests in ", output, "request count"))
-    if requests == 0:
-        raise RuntimeError(f"no requests completed against {url}:\n{output}")
-    return WrkResult(
-        requests_per_s=float(_find(r"^Requests/sec:\s+([\d.]+)", output, "Requests/sec")),
-        p50_ms=_latency_ms(_find(r"^\s+50%\s+(\S+)", output, "50% latency")),
-        p99_ms=_latency_ms(_find(r"^\s+99%\s+(\S+)", output, "99% latency")),
-    )
+def measure(url: str, body: bytes, duration_s: int, connections: int, threads: int) -> WrkResult:
+    """One wrk run that must be all 2xx without socket errors."""
+    result = run_wrk(url, body, duration_s, connections, threads)
+    if result.non2xx or result.socket_errors:
+        raise RuntimeError(f"{url}: statuses {result.statuses}, {result.socket_errors or 'no socket errors'}")
+    return result
 
 
 def check_answers(ours: str, baseline: str, body: bytes) -> None:
@@ -135,17 +84,21 @@ def main() -> None:
 
     with (
         uvicorn_server("bench.baseline_app:app") as baseline,
-        uvicorn_server("service.main:app", env={"GRADIENT_TORCH_THREADS": "1"}, ready_path="/readyz") as ours,
+        uvicorn_server(
+            "service.main:app",
+            env={"GRADIENT_TORCH_THREADS": "1", "GRADIENT_ACCESS_LOG": "false"},
+            ready_path="/readyz",
+        ) as ours,
     ):
         check_answers(ours, baseline, body)
         targets = {"ours": ours + OURS_PATH, "baseline": baseline + BASELINE_PATH}
         for url in targets.values():
-            run_wrk(url, body, args.warmup, args.connections, args.threads)
+            measure(url, body, args.warmup, args.connections, args.threads)
         results: dict[str, list[WrkResult]] = {"ours": [], "baseline": []}
         for round_ in range(args.rounds):
             order = ["ours", "baseline"] if round_ % 2 == 0 else ["baseline", "ours"]
             for name in order:
-                result = run_wrk(targets[name], body, args.duration, args.connections, args.threads)
+                result = measure(targets[name], body, args.duration, args.connections, args.threads)
                 results[name].append(result)
                 print(
                     f"  round {round_ + 1} {name:8s} {result.requests_per_s:10.0f} req/s  "

@@ -25,12 +25,22 @@ def request_deadline(request: Request) -> float:
     return float(started) + settings_of(request).request_timeout_s
 
 
+def is_inline(request: Request) -> bool:
+    """Whether a computation allowed inline runs inline: its body is small."""
+    length = request.headers.get("content-length")
+    return length is not None and length.isdigit() and int(length) <= settings_of(request).inline_compute_bytes
+
+
+def check_room(request: Request, inline: bool = True) -> None:
+    """503 at once, before the body is read, for a request bound for a full compute pool."""
+    if not (inline and is_inline(request)):
+        request.app.state.compute_pool.check_room()
+
+
 async def run_compute(request: Request, job: Callable[[], T], inline: bool = True) -> T:
     """Run ``job`` inline when allowed and the body is small (a thread hop costs more than the
     work), otherwise in the compute pool (bounded; 503 when full, 504 past the time budget)."""
-    settings = settings_of(request)
-    length = request.headers.get("content-length")
-    if inline and length is not None and length.isdigit() and int(length) <= settings.inline_compute_bytes:
+    if inline and is_inline(request):
         return job()
     return await request.app.state.compute_pool.run(job, request_deadline(request))  # type: ignore[no-any-return]
 

@@ -31,14 +31,19 @@ class ComputePool:
     def running(self) -> int:
         return int(self.limiter.borrowed_tokens)
 
-    async def run(self, job: Callable[[], T], deadline: float) -> T:
-        """``job()`` in a worker thread once a slot is free; ``deadline`` is a monotonic instant."""
+    def check_room(self) -> None:
+        """Raise Overloaded when every slot is busy and the queue is full: before a request's body
+        is even read, so that refusing costs as little as possible."""
         if self.limiter.available_tokens == 0 and self.waiting >= self.max_queue:
             raise Overloaded(
                 f"All {int(self.limiter.total_tokens)} compute slots are busy and {self.waiting} requests are "
                 "waiting; retry shortly.",
                 retry_after=self.retry_after_s,
             )
+
+    async def run(self, job: Callable[[], T], deadline: float) -> T:
+        """``job()`` in a worker thread once a slot is free; ``deadline`` is a monotonic instant."""
+        self.check_room()
         self.waiting += 1
         try:
             with anyio.move_on_after(max(0.0, deadline - time.monotonic())) as waited:
