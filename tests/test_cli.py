@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -62,3 +64,19 @@ def test_threads_never_oversubscribe_the_cores() -> None:
     assert Settings(workers=1).effective_torch_threads() == cores
     assert Settings(workers=cores * 2).effective_torch_threads() == 1
     assert Settings(torch_threads=3).effective_torch_threads() == 3
+
+
+def test_building_the_app_never_initialises_cuda() -> None:
+    """The server process that forks the workers must not hold a CUDA context: start a fresh
+    interpreter, parse options, build the app and its OpenAPI, and look."""
+    script = (
+        "import torch, service.cli, service.main\n"
+        "service.cli.build_parser().parse_args([])\n"
+        "app = service.main.create_app()\n"
+        "app.openapi()\n"
+        "assert not torch.cuda.is_initialized()\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"

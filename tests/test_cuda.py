@@ -77,3 +77,26 @@ def test_optimisation_on_cuda_matches_cpu(client: AppClient) -> None:
     for gpu_run, cpu_run in zip(on_gpu["runs"], on_cpu["runs"], strict=True):
         torch.testing.assert_close(from_wire(gpu_run["x"]), from_wire(cpu_run["x"]))
         assert gpu_run["stopped"] == cpu_run["stopped"]
+
+
+def test_gpu_out_of_memory_is_a_503_and_the_next_request_succeeds(client: AppClient) -> None:
+    body = {"input": [[0.5] * 2048] * 2048, "device": "cuda", "jacobian": False}
+    hog: list[torch.Tensor] = []
+    try:  # take nearly all the device's free memory, in blocks, so the request cannot fit
+        while True:
+            free, _ = torch.cuda.mem_get_info()
+            if free < 64 * 2**20:
+                break
+            hog.append(torch.empty(max(free // 2, 32 * 2**20), dtype=torch.uint8, device="cuda"))
+    except torch.OutOfMemoryError:
+        pass
+    refused = client.post("/v1/activations/sigmoid", json=body)
+    hog.clear()
+    torch.cuda.empty_cache()
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["error"]["type"] == "device_out_of_memory"
+    assert refused.headers["retry-after"]
+    answered = client.post("/v1/activations/sigmoid", json=body)
+    assert answered.status_code == 200
+    metrics = client.get("/metrics").text
+    assert "gradient_gpu_memory_allocated_bytes" in metrics

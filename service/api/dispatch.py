@@ -14,6 +14,7 @@ from service.api.deps import settings_of
 from service.api.observability import STARTED_KEY
 from service.api.responses import JSONBytesResponse, dump_json
 from service.api.schemas import ComputeRequest
+from service.compute.runtime import out_of_memory
 from service.errors import DeadlineExceeded
 
 T = TypeVar("T")
@@ -64,7 +65,8 @@ async def compute_response(
     def job() -> bytes:
         ctx = ComputeContext.of(body, settings)
         try:
-            return dump_json({**compute(ctx), "meta": ctx.meta()})
+            with out_of_memory("this request"):  # moving the inputs to the GPU can run out too
+                return dump_json({**compute(ctx), "meta": ctx.meta()})
         finally:
             histogram.observe(time.perf_counter() - ctx.started)
 

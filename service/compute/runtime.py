@@ -44,8 +44,8 @@ def resolve_device(requested: str, preference: str = "auto") -> torch.device:
 
 
 @contextlib.contextmanager
-def torch_errors(what: str) -> Iterator[None]:
-    """Report torch's complaints about the client's input as 400s, and GPU OOM as a 503."""
+def out_of_memory(what: str) -> Iterator[None]:
+    """GPU out-of-memory as a 503, with the allocator's cache emptied for the next request."""
     try:
         yield
     except torch.OutOfMemoryError as exc:
@@ -55,6 +55,14 @@ def torch_errors(what: str) -> Iterator[None]:
             f"The device ran out of memory computing {what}; retry later or send less.",
             error_type="device_out_of_memory",
         ) from exc
+
+
+@contextlib.contextmanager
+def torch_errors(what: str) -> Iterator[None]:
+    """Report torch's complaints about the client's input as 400s, and GPU OOM as a 503."""
+    try:
+        with out_of_memory(what):
+            yield
     except (RuntimeError, ValueError, IndexError, TypeError, OverflowError) as exc:
         if isinstance(exc, RuntimeError) and "allocate" in str(exc) and "memory" in str(exc):
             raise Overloaded(  # the CPU allocator's own out-of-memory error

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import gzip
 import logging
+from typing import Any
 
 import orjson
 import pytest
+import torch
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.compute import tensors
 from service.logs import JsonFormatter, TextFormatter
 from tests.conftest import AppClient, ClientFactory
 from tests.helpers import assert_error
@@ -151,3 +154,24 @@ def test_log_lines_in_both_formats() -> None:
     assert line["time"].endswith("Z")
     text = TextFormatter().format(record)
     assert "INFO service.access: GET /healthz 200 request_id=r-1" in text
+
+
+def test_out_of_memory_is_a_503_and_the_next_request_succeeds(
+    make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The GPU's out-of-memory error, raised where the inputs move to the device (tests/test_cuda.py
+    exhausts a real GPU)."""
+    client = make_client()
+    real_decode = tensors.decode
+    failures = iter([True])
+
+    def decode_once_out_of_memory(*args: Any, **kwargs: Any) -> torch.Tensor:
+        if next(failures, False):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_decode(*args, **kwargs)
+
+    monkeypatch.setattr(tensors, "decode", decode_once_out_of_memory)
+    refused = client.post("/v1/activations/sigmoid", json=SIGMOID)
+    assert_error(refused, 503, "device_out_of_memory")
+    assert refused.headers["retry-after"] == "1"
+    assert client.post("/v1/activations/sigmoid", json=SIGMOID).status_code == 200
