@@ -11,13 +11,12 @@ import anyio
 import torch
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.middleware.gzip import GZipMiddleware
 
 from service import __version__, lifecycle
 from service.api.auth import ApiKeyMiddleware
 from service.api.errors import install_error_handlers
 from service.api.jsonbody import with_request_schemas
-from service.api.middleware import BodyLimitMiddleware
+from service.api.middleware import BodyLimitMiddleware, GZipIfAccepted
 from service.api.observability import Metrics, RequestMiddleware
 from service.api.pool import ComputePool
 from service.api.routes import ROUTERS
@@ -91,7 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.openapi = openapi  # type: ignore[method-assign]
     # Innermost first: the last one added sees the request first.
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
-    app.add_middleware(GZipMiddleware, minimum_size=settings.gzip_min_bytes)
+    app.add_middleware(GZipIfAccepted, minimum_size=settings.gzip_min_bytes)
     if settings.api_key_list():
         app.add_middleware(ApiKeyMiddleware, keys=settings.api_key_list())
     if settings.cors_origin_list():  # outside the keys: a preflight carries none

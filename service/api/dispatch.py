@@ -26,22 +26,22 @@ def request_deadline(request: Request) -> float:
     return float(started) + settings_of(request).request_timeout_s
 
 
-def is_inline(request: Request) -> bool:
-    """Whether a computation allowed inline runs inline: its body is small."""
+def admit(request: Request, inline: bool = True) -> bool:
+    """Whether the request's computation runs inline: allowed (``inline``) and small (a thread
+    hop would cost more than the work). One bound for the compute pool is refused here, before
+    its body is read, when the pool is full (503)."""
+    settings = settings_of(request)
     length = request.headers.get("content-length")
-    return length is not None and length.isdigit() and int(length) <= settings_of(request).inline_compute_bytes
+    if inline and length is not None and length.isdigit() and int(length) <= settings.inline_compute_bytes:
+        return True
+    request.app.state.compute_pool.check_room()
+    return False
 
 
-def check_room(request: Request, inline: bool = True) -> None:
-    """503 at once, before the body is read, for a request bound for a full compute pool."""
-    if not (inline and is_inline(request)):
-        request.app.state.compute_pool.check_room()
-
-
-async def run_compute(request: Request, job: Callable[[], T], inline: bool = True) -> T:
-    """Run ``job`` inline when allowed and the body is small (a thread hop costs more than the
-    work), otherwise in the compute pool (bounded; 503 when full, 504 past the time budget)."""
-    if inline and is_inline(request):
+async def run_compute(request: Request, job: Callable[[], T], inline: bool) -> T:
+    """Run ``job`` inline (see ``admit``), or in the compute pool: bounded, 503 when full, 504
+    past the request's time budget."""
+    if inline:
         return job()
     return await request.app.state.compute_pool.run(job, request_deadline(request))  # type: ignore[no-any-return]
 
@@ -52,7 +52,7 @@ async def compute_response(
     compute: Callable[[ComputeContext], dict[str, Any]],
     *,
     op: str,
-    inline: bool = True,
+    inline: bool,
     enforce_deadline: bool = True,
 ) -> JSONBytesResponse:
     """Decode, compute and encode: ``compute`` returns the response fields (wire-encoded through
@@ -60,7 +60,7 @@ async def compute_response(
     computation that ends past the request's time budget is a 504 (unless ``enforce_deadline``
     is off, for a stream that reports the deadline in its result)."""
     settings = settings_of(request)
-    histogram = request.app.state.metrics.compute.labels(op)
+    histogram = request.app.state.metrics.compute_histogram(op)
 
     def job() -> bytes:
         ctx = ComputeContext.of(body, settings)

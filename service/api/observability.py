@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
-import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -72,7 +72,9 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.in_flight_count = 0
         self.in_flight = Gauge("gradient_http_requests_in_flight", "Requests being answered.", registry=self.registry)
+        self.in_flight.set_function(lambda: self.in_flight_count)  # a plain int: no lock per request
         self.computing = Gauge(
             "gradient_compute_running", "Computations running in the compute pool.", registry=self.registry
         )
@@ -88,6 +90,14 @@ class Metrics:
         self.registry.register(GpuMemoryCollector())
         self._request_children: dict[tuple[str, str, int], Any] = {}
         self._latency_children: dict[tuple[str, str], Any] = {}
+        self._compute_children: dict[str, Any] = {}
+
+    def compute_histogram(self, op: str) -> Any:
+        """The compute-time histogram's child for ``op`` (cached)."""
+        child = self._compute_children.get(op)
+        if child is None:
+            child = self._compute_children[op] = self.compute.labels(op)
+        return child
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         # Children cached by label values: .labels() takes a lock and builds a tuple every call.
@@ -134,7 +144,7 @@ class RequestMiddleware:
                 request_id = value
                 break
         if request_id is None:
-            request_id = uuid.uuid4().hex.encode()
+            request_id = os.urandom(16).hex().encode()
         scope[REQUEST_ID_KEY] = request_id.decode()
         status = 500
         sent_bytes = 0
@@ -148,11 +158,11 @@ class RequestMiddleware:
                 sent_bytes += len(message.get("body", b""))
             await send(message)
 
-        self.metrics.in_flight.inc()
+        self.metrics.in_flight_count += 1
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            self.metrics.in_flight.dec()
+            self.metrics.in_flight_count -= 1
             seconds = time.perf_counter() - started
             route = _route_template(scope)
             self.metrics.observe_request(scope["method"], route, status, seconds)

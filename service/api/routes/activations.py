@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 
 from service.api.context import ComputeContext, validate_params
 from service.api.deps import settings_of
-from service.api.dispatch import check_room, compute_response
+from service.api.dispatch import admit, compute_response
 from service.api.jsonbody import json_body_openapi, read_json_body
 from service.api.responses import JSONBytesResponse
 from service.api.routes.common import AUTH_RESPONSES, ERROR_RESPONSES, name_parameter
@@ -52,7 +52,7 @@ def list_activations() -> ActivationCatalog:
 )
 async def activation(name: ActivationName, request: Request) -> JSONBytesResponse:
     settings = settings_of(request)
-    check_room(request)
+    inline = admit(request)
     body = await read_json_body(request, ActivationRequest)
     spec = ACTIVATIONS.get(name)
     params = validate_params(spec, body.params)
@@ -74,4 +74,4 @@ async def activation(name: ActivationName, request: Request) -> JSONBytesRespons
             "jacobian": ctx.wire(result.jacobian),
         }
 
-    return await compute_response(request, body, compute, op=f"activation/{name}")
+    return await compute_response(request, body, compute, op=f"activation/{name}", inline=inline)

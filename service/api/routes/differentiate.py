@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 
 from service.api.context import ComputeContext
 from service.api.deps import settings_of
-from service.api.dispatch import check_room, compute_response
+from service.api.dispatch import admit, compute_response
 from service.api.jsonbody import json_body_openapi, read_json_body
 from service.api.responses import JSONBytesResponse
 from service.api.routes.common import AUTH_RESPONSES, ERROR_RESPONSES
@@ -61,7 +61,7 @@ def list_functions() -> FunctionCatalog:
 )
 async def differentiate_expression(request: Request) -> JSONBytesResponse:
     settings = settings_of(request)
-    check_room(request, inline=False)
+    admit(request, inline=False)
     body = await read_json_body(request, DifferentiateRequest)
     limits = Limits(settings.expression_max_length, settings.expression_max_nodes, settings.expression_max_depth)
 

@@ -8,7 +8,7 @@ import torch
 from fastapi import APIRouter, Request
 
 from service.api.context import ComputeContext, validate_params
-from service.api.dispatch import check_room, compute_response
+from service.api.dispatch import admit, compute_response
 from service.api.jsonbody import json_body_openapi, read_json_body
 from service.api.responses import JSONBytesResponse
 from service.api.routes.common import AUTH_RESPONSES, ERROR_RESPONSES, name_parameter
@@ -46,7 +46,7 @@ def list_losses() -> LossCatalog:
     openapi_extra=json_body_openapi(LossRequest),
 )
 async def loss(name: LossName, request: Request) -> JSONBytesResponse:
-    check_room(request)
+    inline = admit(request)
     body = await read_json_body(request, LossRequest)
     spec = LOSSES.get(name)
     params = validate_params(spec, body.params)
@@ -64,4 +64,4 @@ async def loss(name: LossName, request: Request) -> JSONBytesResponse:
         )
         return {"loss": ctx.wire(result.loss), "grad": {key: ctx.wire(grad) for key, grad in result.grads.items()}}
 
-    return await compute_response(request, body, compute, op=f"loss/{name}")
+    return await compute_response(request, body, compute, op=f"loss/{name}", inline=inline)

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from service.api.context import ComputeContext
 from service.api.deps import settings_of
-from service.api.dispatch import check_room, compute_response, request_deadline
+from service.api.dispatch import admit, compute_response, request_deadline
 from service.api.jsonbody import json_body_openapi, read_json_body
 from service.api.responses import JSONBytesResponse, dump_json
 from service.api.routes.common import AUTH_RESPONSES, ERROR_RESPONSES
@@ -152,7 +152,7 @@ def _starts(body: OptimizeRequest, ctx: ComputeContext) -> torch.Tensor:
 )
 async def optimize(request: Request) -> Response:
     settings = settings_of(request)
-    check_room(request, inline=False)
+    admit(request, inline=False)
     body = await read_json_body(request, OptimizeRequest)
     optimizers = _optimizers(body.optimizer)
     if isinstance(body.objective, str):
@@ -329,7 +329,7 @@ def _limit(what: str, amount: int, limit: int, error_type: str) -> None:
 )
 async def landscape(request: Request) -> JSONBytesResponse:
     settings = settings_of(request)
-    check_room(request, inline=False)
+    admit(request, inline=False)
     body = await read_json_body(request, LandscapeRequest)
     nx, ny = (body.resolution, body.resolution) if isinstance(body.resolution, int) else body.resolution
     if nx < 2 or ny < 2:
