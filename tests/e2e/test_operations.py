@@ -107,3 +107,19 @@ def test_sigterm_drains_then_finishes_in_flight_work(small_server: Server) -> No
     assert run["route"] == "/v1/optimize"
     assert run["method"] == "POST"
     assert any(line["message"] == "Application shutdown complete." for line in lines)
+
+
+def test_two_workers_serve_and_stop_cleanly(tmp_path: Path) -> None:
+    with running_server(tmp_path / "server.log", GRADIENT_WORKERS="2") as (base, process, log):
+        with httpx.Client(base_url=base, timeout=30) as client:
+            for _ in range(20):
+                answer = client.post("/v1/activations/sigmoid", json={"input": [0.0]}, headers={"connection": "close"})
+                assert answer.json()["output"] == [0.5]
+            text = client.get("/metrics").text
+        assert "gradient_http_requests_total" in text
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+        pids = {
+            line.split("[")[-1].rstrip("]") for line in log.read_text().splitlines() if "Started server process" in line
+        }
+        assert len(pids) == 2  # two worker processes served
