@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -42,4 +43,5 @@ def test_schemathesis_finds_nothing(tmp_path: Path) -> None:
             check=False,
         )
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
-    assert "No issues found" in done.stdout or " passed" in done.stdout, done.stdout[-3000:]
+    generated = re.search(r"(\d+) generated", done.stdout)
+    assert generated is not None and int(generated[1]) > 100, done.stdout[-3000:]  # it really exercised the API
