@@ -66,6 +66,8 @@ class ComputeContext:
 
 def validate_params(spec: NamedSpec, params: dict[str, Any]) -> dict[str, Any]:
     """An op's params checked against its registry entry; failures are the usual 422."""
+    if not params:  # the defaults, valid by construction: no model to build
+        return {param.name: param.default for param in spec.params}
     try:
         validated = params_model(spec).model_validate(params)
     except ValidationError as exc:

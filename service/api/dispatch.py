@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import torch
 from fastapi import Request
 
 from service.api.context import ComputeContext
@@ -65,8 +66,9 @@ async def compute_response(
     def job() -> bytes:
         ctx = ComputeContext.of(body, settings)
         try:
-            with out_of_memory("this request"):  # moving the inputs to the GPU can run out too
-                return dump_json({**compute(ctx), "meta": ctx.meta()})
+            return dump_json({**compute(ctx), "meta": ctx.meta()})
+        except torch.OutOfMemoryError as exc:  # moving the inputs to the GPU can run out too
+            raise out_of_memory("this request") from exc
         finally:
             histogram.observe(time.perf_counter() - ctx.started)
 

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from fastapi import HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
+from starlette.requests import ClientDisconnect
 
 from service.compute.tensors import parse_json
 from service.errors import ServiceError, UnsupportedMediaType, status_code_for
@@ -33,11 +34,24 @@ def _is_json(content_type: str | None) -> bool:
     return media_type == "application/json" or (media_type.startswith("application/") and media_type.endswith("+json"))
 
 
+async def read_body(request: Request) -> bytes:
+    """The whole body, read straight from ``receive`` (Starlette's ``body()`` goes through an
+    async generator, a noticeable share of a small request)."""
+    chunks = []
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
 async def read_json_body(request: Request, model: type[Model]) -> Model:
     """The request's JSON body as ``model``: 415 if not JSON, 400 if malformed, 422 if off-schema."""
     if not _is_json(request.headers.get("content-type")):
         raise UnsupportedMediaType("Send the body as JSON with the header Content-Type: application/json.")
-    tree = parse_json(await request.body())
+    tree = parse_json(await read_body(request))
     try:
         return model.model_validate(tree)
     except ValidationError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 
 import torch
@@ -18,6 +19,7 @@ def available_devices() -> list[str]:
     return devices
 
 
+@functools.cache
 def resolve_device(requested: str, preference: str = "auto") -> torch.device:
     """Map a request's ``device`` (auto, cpu, cuda, cuda:N) to a torch device that exists.
 
@@ -43,26 +45,23 @@ def resolve_device(requested: str, preference: str = "auto") -> torch.device:
     return torch.device("cuda", index)
 
 
-@contextlib.contextmanager
-def out_of_memory(what: str) -> Iterator[None]:
-    """GPU out-of-memory as a 503, with the allocator's cache emptied for the next request."""
-    try:
-        yield
-    except torch.OutOfMemoryError as exc:
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        raise Overloaded(
-            f"The device ran out of memory computing {what}; retry later or send less.",
-            error_type="device_out_of_memory",
-        ) from exc
+def out_of_memory(what: str) -> Overloaded:
+    """The 503 for torch.OutOfMemoryError, with the allocator's cache emptied for the next request."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return Overloaded(
+        f"The device ran out of memory computing {what}; retry later or send less.",
+        error_type="device_out_of_memory",
+    )
 
 
 @contextlib.contextmanager
 def torch_errors(what: str) -> Iterator[None]:
     """Report torch's complaints about the client's input as 400s, and GPU OOM as a 503."""
     try:
-        with out_of_memory(what):
-            yield
+        yield
+    except torch.OutOfMemoryError as exc:
+        raise out_of_memory(what) from exc
     except (RuntimeError, ValueError, IndexError, TypeError, OverflowError) as exc:
         if isinstance(exc, RuntimeError) and "allocate" in str(exc) and "memory" in str(exc):
             raise Overloaded(  # the CPU allocator's own out-of-memory error

@@ -75,7 +75,8 @@ class LazyArray:
 
 LAZY_MIN_LENGTH = 64
 NUMPY_DTYPES: dict[torch.dtype, type[np.floating[Any]]] = {torch.float32: np.float32, torch.float64: np.float64}
-_PLAIN_NUMBERS = (float, int)  # exact types: bool is a subclass of int and is refused
+_PLAIN_NUMBERS = (float, int)
+_PLAIN_NUMBER_TYPES = frozenset(_PLAIN_NUMBERS)  # exact types: bool is a subclass of int and is refused
 SMALL_BODY_BYTES = 4096
 """Bodies up to this size are parsed by orjson straight into Python: no lazy arrays are worth it."""
 
@@ -326,7 +327,7 @@ def _decode_lazy(lazy: LazyArray, where: str, kind: Kind) -> torch.Tensor:
 
 
 def _is_flat_number_list(value: Any) -> bool:
-    return type(value) is list and all(type(item) in _PLAIN_NUMBERS for item in value)
+    return type(value) is list and set(map(type, value)) <= _PLAIN_NUMBER_TYPES
 
 
 def _decode_nested(value: Any, where: str, kind: Kind) -> torch.Tensor:
@@ -436,6 +437,8 @@ def encode(tensor: torch.Tensor, encoding: Encoding) -> Any:
         tensor = tensor.cpu()
     if tensor.dtype not in DTYPE_NAMES:
         tensor = tensor.to(torch.float64 if tensor.is_floating_point() else torch.int64)
+    if encoding == "json" and tensor.dim() == 1 and tensor.shape[0] <= SMALL_RESULT:
+        return _small_vector(tensor)
     if math.prod(n for n in tensor.shape if n) > MAX_EXTENT:
         raise LimitExceeded(
             f"A result of shape {list(tensor.shape)} is too large to encode.", error_type="result_too_large"
@@ -450,6 +453,17 @@ def encode(tensor: torch.Tensor, encoding: Encoding) -> Any:
     if tensor.is_floating_point() and not _all_finite(array):
         return _with_non_finite_strings(tensor)
     return array[()] if tensor.dim() == 0 else array  # 0-d: a numpy scalar, in its own precision
+
+
+SMALL_RESULT = 64
+"""Vectors up to this length take ``_small_vector``: below numpy's per-call overheads."""
+
+
+def _small_vector(tensor: torch.Tensor) -> Any:
+    array = tensor.contiguous().numpy()
+    if array.dtype.kind == "f" and not all(map(math.isfinite, array.tolist())):
+        return _with_non_finite_strings(tensor)
+    return array
 
 
 def _all_finite(array: np.ndarray[Any, Any]) -> bool:
