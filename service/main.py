@@ -52,7 +52,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         torch.set_num_threads(settings.effective_torch_threads())
-        pool = ComputePool(settings.effective_max_concurrency(), settings.max_queue, settings.retry_after_s)
+        pool = ComputePool(
+            settings.effective_max_concurrency(),
+            settings.max_queue,
+            settings.retry_after_s,
+            on_overload=metrics.rejections.labels("overloaded").inc,
+        )
         metrics.computing.set_function(lambda: pool.running)
         metrics.queued.set_function(lambda: pool.waiting)
         app.state.compute_pool = pool
@@ -64,7 +69,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifecycle.install_drain_handler(settings.drain_s)
         app.state.readiness = "ready"
         yield
-        app.state.readiness = "draining"
 
     app = FastAPI(
         title="Gradient Service",

@@ -20,11 +20,11 @@ from service.main import create_app
 class AppClient:
     """httpx against an ASGI app, on an event loop in a background thread."""
 
-    def __init__(self, app: FastAPI) -> None:
+    def __init__(self, app: FastAPI, root_path: str = "") -> None:
         self._stack = contextlib.ExitStack()
         self._portal = self._stack.enter_context(anyio.from_thread.start_blocking_portal())
         self._stack.enter_context(self._portal.wrap_async_context_manager(app.router.lifespan_context(app)))
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False, root_path=root_path)
         self._client = httpx.AsyncClient(transport=transport, base_url="http://testserver")
         self.app = app
 

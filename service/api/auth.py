@@ -8,7 +8,7 @@ from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.api.responses import dump_json
+from service.api.responses import send_error
 from service.errors import Unauthorized
 
 PROTECTED_PREFIX = "/v1/"
@@ -16,6 +16,14 @@ PROTECTED_PREFIX = "/v1/"
 
 def _digest(key: bytes) -> bytes:
     return hashlib.sha256(key).digest()
+
+
+def _route_path(scope: Scope) -> str:
+    """The path the router matches: the root path a proxy or a parent app put in front (which
+    uvicorn's --root-path and mounting prepend to ``path``) taken off."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
 
 
 class ApiKeyMiddleware:
@@ -31,18 +39,14 @@ class ApiKeyMiddleware:
         self.digests = [_digest(key.encode()) for key in keys]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(PROTECTED_PREFIX) or scope["method"] == "OPTIONS":
+        if scope["type"] != "http" or not (_route_path(scope) + "/").startswith(PROTECTED_PREFIX):
             await self.app(scope, receive, send)
             return
         error = self._check(scope)
         if error is None:
             await self.app(scope, receive, send)
             return
-        body = dump_json(error.body())
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        headers += [(name.lower().encode(), value.encode()) for name, value in error.headers().items()]
-        await send({"type": "http.response.start", "status": 401, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send_error(send, 401, error)
 
     def _check(self, scope: Scope) -> Unauthorized | None:
         header = next((value for key, value in scope["headers"] if key == b"authorization"), None)

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from service.api.schemas import ComputeRequest, params_model
 from service.compute import tensors
+from service.compute.expressions import Limits
 from service.compute.registry import NamedSpec
 from service.compute.runtime import resolve_device
 from service.config import Settings
@@ -62,6 +63,10 @@ class ComputeContext:
             "dtype": tensors.DTYPE_NAMES[self.dtype],
             "elapsed_ms": round((time.perf_counter() - self.started) * 1000, 3),
         }
+
+
+def expression_limits(settings: Settings) -> Limits:
+    return Limits(settings.expression_max_length, settings.expression_max_nodes, settings.expression_max_depth)
 
 
 def validate_params(spec: NamedSpec, params: dict[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from starlette.middleware.gzip import GZipMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.jsonbody import ServiceHTTPError
-from service.api.responses import dump_json
+from service.api.responses import send_error
 from service.errors import LimitExceeded
 
 
@@ -73,19 +73,7 @@ class BodyLimitMiddleware:
                 await self._reject(send)
 
     async def _reject(self, send: Send) -> None:
-        body = dump_json(body_too_large(self.limit).body())
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await send_error(send, 413, body_too_large(self.limit), (b"connection", b"close"))
 
 
 class GZipIfAccepted(GZipMiddleware):

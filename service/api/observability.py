@@ -12,7 +12,10 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.api.errors import handle_unexpected
 
 access_logger = logging.getLogger("service.access")
 
@@ -21,6 +24,7 @@ _VALID_REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,128}")  # printable ASCII, no sp
 STARTED_KEY = "gradient.started"
 """Scope key: the request's ``time.monotonic()`` start, from which its time budget runs."""
 REQUEST_ID_KEY = "gradient.request_id"
+CLIENT_CLOSED = 499
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -114,7 +118,9 @@ class Metrics:
             self.rejections.labels(REJECTION_REASONS[status]).inc()
 
 
-REJECTION_REASONS = {401: "unauthorized", 413: "too_large", 429: "overloaded", 503: "overloaded", 504: "deadline"}
+REJECTION_REASONS = {401: "unauthorized", 413: "too_large", 504: "deadline"}
+"""Refusals counted from the status alone; "overloaded" is counted by the compute pool, since
+503 also means starting, draining or out of memory."""
 
 
 def _route_template(scope: Scope) -> str:
@@ -146,7 +152,7 @@ class RequestMiddleware:
         if request_id is None:
             request_id = os.urandom(16).hex().encode()
         scope[REQUEST_ID_KEY] = request_id.decode()
-        status = 500
+        status = 0
         sent_bytes = 0
 
         async def send_with_id(message: Message) -> None:
@@ -161,23 +167,35 @@ class RequestMiddleware:
         self.metrics.in_flight_count += 1
         try:
             await self.app(scope, receive, send_with_id)
+        except ClientDisconnect:
+            status = status or CLIENT_CLOSED  # nobody to answer: nginx's 499, for the log and metrics
+        except Exception as exc:
+            if status:  # the response has begun: nothing better to do than let the server cut it
+                raise
+            # Answered here rather than by Starlette's outermost handler, so that the 500 carries
+            # the request id and is counted like any other answer.
+            response = await handle_unexpected(Request(scope), exc)
+            await response(scope, receive, send_with_id)
         finally:
             self.metrics.in_flight_count -= 1
+            status = status or CLIENT_CLOSED
             seconds = time.perf_counter() - started
             route = _route_template(scope)
             self.metrics.observe_request(scope["method"], route, status, seconds)
             if self.access_log:
                 client = scope.get("client")
+                # As sent, still percent-encoded: a decoded %0A would start a forged log line.
+                path = scope.get("raw_path", b"").decode("latin-1") or scope["path"].encode("unicode_escape").decode()
                 access_logger.info(
                     "%s %s %d %.1fms",
                     scope["method"],
-                    scope["path"],
+                    path,
                     status,
                     seconds * 1000,
                     extra={
                         "request_id": scope[REQUEST_ID_KEY],
                         "method": scope["method"],
-                        "path": scope["path"],
+                        "path": path,
                         "route": route,
                         "status": status,
                         "duration_ms": round(seconds * 1000, 3),

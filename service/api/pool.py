@@ -21,11 +21,18 @@ T = TypeVar("T")
 class ComputePool:
     """Bounded concurrency and a bounded wait queue, on one event loop."""
 
-    def __init__(self, concurrency: int, queue: int, retry_after_s: int = 1) -> None:
+    def __init__(
+        self, concurrency: int, queue: int, retry_after_s: int = 1, on_overload: Callable[[], None] | None = None
+    ) -> None:
         self.limiter = anyio.CapacityLimiter(concurrency)
+        # The worker threads' own limiter: anyio's default one has 40 threads, shared with
+        # FastAPI's sync routes.
+        self.threads = anyio.CapacityLimiter(concurrency)
         self.max_queue = queue
         self.retry_after_s = retry_after_s
         self.waiting = 0
+        self.on_overload = on_overload
+        """Called for every request refused because the pool is full (for the metrics)."""
 
     @property
     def running(self) -> int:
@@ -35,6 +42,8 @@ class ComputePool:
         """Raise Overloaded when every slot is busy and the queue is full: before a request's body
         is even read, so that refusing costs as little as possible."""
         if self.limiter.available_tokens == 0 and self.waiting >= self.max_queue:
+            if self.on_overload is not None:
+                self.on_overload()
             raise Overloaded(
                 f"All {int(self.limiter.total_tokens)} compute slots are busy and {self.waiting} requests are "
                 "waiting; retry shortly.",
@@ -53,6 +62,6 @@ class ComputePool:
         if waited.cancelled_caught:
             raise DeadlineExceeded("The request's time budget ran out while it waited for a compute slot.")
         try:
-            return await anyio.to_thread.run_sync(job)
+            return await anyio.to_thread.run_sync(job, limiter=self.threads)
         finally:
             self.limiter.release()

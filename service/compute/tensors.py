@@ -234,7 +234,8 @@ def decode(
     if kind == "float" and device.type == "cpu" and dtype in NUMPY_DTYPES and _is_flat_number_list(value):
         # The common small case: numpy casts float64 to float32 as torch would, for less overhead.
         budget.take(len(value), where)
-        return torch.from_numpy(np.array(value, dtype=np.float64).astype(NUMPY_DTYPES[dtype], copy=False))
+        with np.errstate(over="ignore"):  # past float32's range is infinity, as torch's cast gives
+            return torch.from_numpy(np.array(value, dtype=np.float64).astype(NUMPY_DTYPES[dtype], copy=False))
     if isinstance(value, dict):
         tensor = _decode_encoded(value, where, kind)
     elif isinstance(value, LazyArray):
@@ -467,7 +468,7 @@ def _small_vector(tensor: torch.Tensor) -> Any:
 
 
 def _all_finite(array: np.ndarray[Any, Any]) -> bool:
-    if array.size <= 64:  # below numpy's per-call overhead
+    if array.size <= SMALL_RESULT:  # below numpy's per-call overhead
         return all(map(math.isfinite, array.ravel().tolist()))
     return bool(np.isfinite(array).all())
 

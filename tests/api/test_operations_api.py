@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import gzip
 import logging
+import time
 from typing import Any
 
 import orjson
@@ -11,8 +11,12 @@ import pytest
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.api.routes import activations as activations_route
 from service.compute import tensors
+from service.compute.activations import evaluate_activation
+from service.config import Settings
 from service.logs import JsonFormatter, TextFormatter
+from service.main import create_app
 from tests.conftest import AppClient, ClientFactory
 from tests.helpers import assert_error
 
@@ -96,7 +100,6 @@ def test_large_responses_are_gzipped_on_request(client: AppClient) -> None:
     plain = client.post("/v1/activations/tanh", json=body, headers={"accept-encoding": "identity"})
     assert "content-encoding" not in plain.headers
     assert zipped.json()["output"] == plain.json()["output"]  # httpx has already unzipped it
-    assert len(gzip.compress(plain.content)) < len(plain.content)
     small = client.post("/v1/activations/tanh", json=SIGMOID, headers={"accept-encoding": "gzip"})
     assert "content-encoding" not in small.headers
 
@@ -175,3 +178,70 @@ def test_out_of_memory_is_a_503_and_the_next_request_succeeds(
     assert_error(refused, 503, "device_out_of_memory")
     assert refused.headers["retry-after"] == "1"
     assert client.post("/v1/activations/sigmoid", json=SIGMOID).status_code == 200
+
+
+def test_keys_are_needed_under_a_root_path_too() -> None:
+    """Behind a proxy that strips a prefix (uvicorn --root-path, or a parent app's mount), the
+    scope's path starts with the root path: /v1/ is still what the router matches."""
+    prefixed = AppClient(create_app(Settings(api_keys="k")), root_path="/api")
+    try:
+        assert_error(prefixed.get("/api/v1/info"), 401, "unauthorized")
+        assert_error(prefixed.post("/api/v1/activations/sigmoid", json=SIGMOID), 401, "unauthorized")
+        assert prefixed.get("/api/v1/info", headers={"authorization": "Bearer k"}).status_code == 200
+        assert prefixed.get("/api/healthz").status_code == 200
+    finally:
+        prefixed.close()
+
+
+def test_an_unexpected_error_is_a_500_with_the_request_id(
+    make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = make_client()
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(activations_route, "evaluate_activation", broken)
+    response = client.post("/v1/activations/sigmoid", json=SIGMOID, headers={"x-request-id": "bug-1"})
+    assert_error(response, 500, "internal_error")
+    assert response.headers["x-request-id"] == "bug-1"
+    key = ("gradient_http_requests_total", (("method", "POST"), ("route", "/v1/activations/{name}"), ("status", "500")))
+    assert samples(client)[key] == 1
+
+
+def test_a_small_body_asking_for_a_jacobian_goes_to_the_compute_pool(make_client: ClientFactory) -> None:
+    client = make_client()
+    client.post("/v1/activations/softmax", json={"input": [0.1, 0.2, 0.3], "jacobian": True})
+    client.post("/v1/activations/softmax", json={"input": [0.1, 0.2, 0.3]})
+    found = samples(client)
+    # Only computations in the pool pass through its worker threads; both are timed by op.
+    assert found[("gradient_compute_duration_seconds_count", (("op", "activation/softmax"),))] == 2
+    assert client.app.state.compute_pool.threads.total_tokens == 1
+
+
+def test_access_log_lines_cannot_be_forged(client: AppClient, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="service.access"):
+        client.get("/nothing%0AGET%20/forged%20200")
+    (record,) = [r for r in caplog.records if r.name == "service.access"]
+    assert "\n" not in record.getMessage()
+    assert record.getMessage().startswith("GET /nothing%0AGET%20/forged%20200 404")
+
+
+def test_numbers_past_float32_range_are_infinity(client: AppClient) -> None:
+    response = client.post("/v1/activations/relu", json={"input": [1e39, -1e39, 1.0]})
+    assert response.json()["output"] == ["Infinity", 0.0, 1.0]
+
+
+def test_the_time_budget_is_checked_when_a_computation_ends(
+    make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = make_client(request_timeout_s=0.2)
+    real = evaluate_activation
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.3)  # a computation longer than the whole budget, started in time
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(activations_route, "evaluate_activation", slow)
+    error = assert_error(client.post("/v1/activations/sigmoid", json=SIGMOID), 504, "deadline_exceeded")
+    assert "ran out; send less" in error["message"]  # not the message of a wait for a slot

@@ -54,6 +54,8 @@ async def activation(name: ActivationName, request: Request) -> JSONBytesRespons
     settings = settings_of(request)
     inline = admit(request)
     body = await read_json_body(request, ActivationRequest)
+    if body.jacobian:  # a small body can ask for a large Jacobian: never on the event loop
+        inline = admit(request, inline=False)
     spec = ACTIVATIONS.get(name)
     params = validate_params(spec, body.params)
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from service.api.context import ComputeContext
+from service.api.context import ComputeContext, expression_limits
 from service.api.deps import settings_of
 from service.api.dispatch import admit, compute_response
 from service.api.jsonbody import json_body_openapi, read_json_body
@@ -15,7 +15,7 @@ from service.api.routes.common import AUTH_RESPONSES, ERROR_RESPONSES
 from service.api.routing import compute_post
 from service.api.schemas import DifferentiateRequest, DifferentiateResponse, FunctionCatalog, FunctionInfo
 from service.compute.differentiate import differentiate
-from service.compute.expressions import Limits, compile_program
+from service.compute.expressions import compile_program
 from service.compute.functions import FUNCTIONS
 
 router = APIRouter(tags=["expressions"])
@@ -63,7 +63,7 @@ async def differentiate_expression(request: Request) -> JSONBytesResponse:
     settings = settings_of(request)
     admit(request, inline=False)
     body = await read_json_body(request, DifferentiateRequest)
-    limits = Limits(settings.expression_max_length, settings.expression_max_nodes, settings.expression_max_depth)
+    limits = expression_limits(settings)
 
     def compute(ctx: ComputeContext) -> dict[str, Any]:
         program = compile_program(

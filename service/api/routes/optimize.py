@@ -18,7 +18,7 @@ from fastapi.responses import StreamingResponse
 from fastapi.sse import format_sse_event
 from pydantic import ValidationError
 
-from service.api.context import ComputeContext
+from service.api.context import ComputeContext, expression_limits
 from service.api.deps import settings_of
 from service.api.dispatch import admit, compute_response, request_deadline
 from service.api.jsonbody import json_body_openapi, read_json_body
@@ -33,7 +33,7 @@ from service.api.schemas import (
     params_schema,
 )
 from service.compute import optimize as engine
-from service.compute.expressions import Limits, compile_program
+from service.compute.expressions import compile_program
 from service.compute.objectives import OBJECTIVES
 from service.compute.optimizers import OPTIMIZERS, OptimizerSpec
 from service.compute.runtime import torch_errors
@@ -87,7 +87,7 @@ def _objective(
                 error_type="shape_mismatch",
             )
         return engine.Objective(entry.fn, batched=True), entry
-    limits = Limits(settings.expression_max_length, settings.expression_max_nodes, settings.expression_max_depth)
+    limits = expression_limits(settings)
     if field.variable in field.inputs:
         raise InvalidInput(
             f"'{field.variable}' is the variable; it cannot also be an input.", error_type="invalid_input"
