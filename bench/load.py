@@ -1,7 +1,7 @@
 """The service under load at 1x and 10x its capacity, with wrk: p50, p99 and status counts.
 
 Run: .venv/bin/python -m bench.load [--duration S] [--concurrency N] [--queue Q]
-Starts `gradient-service` (one worker, GRADIENT_MAX_CONCURRENCY=N, GRADIENT_MAX_QUEUE=Q) and
+Starts the service under uvicorn (one worker, GRADIENT_MAX_CONCURRENCY=N, GRADIENT_MAX_QUEUE=Q) and
 loads it with a request that goes through the compute pool (a 200-step Adam run on the sphere).
 Capacity is N + Q requests at once (running or waiting); wrk keeps that many connections busy,
 then ten times as many. Past capacity the service must answer 503 at once (with Retry-After),
@@ -12,18 +12,15 @@ socket error. Meanwhile it times /healthz and /metrics every 50 ms.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
-import subprocess
-import sys
 import threading
 import time
 
 import httpx
 import orjson
 
-from bench.servers import free_port
+from bench.servers import uvicorn_server
 from bench.wrk import WrkResult, run_wrk
 
 ALLOWED = {200, 429, 503}
@@ -75,27 +72,12 @@ def main() -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")
     capacity = args.concurrency + args.queue
-    port = free_port()
     env = {
-        **os.environ,
         "GRADIENT_MAX_CONCURRENCY": str(args.concurrency),
         "GRADIENT_MAX_QUEUE": str(args.queue),
         "GRADIENT_ACCESS_LOG": "false",
-        "GRADIENT_LOG_LEVEL": "warning",
     }
-    server = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port)], env=env)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise SystemExit("the server did not start")
-            time.sleep(0.2)
+    with uvicorn_server("service.main:app", env=env, ready_path="/readyz") as base:
         body = orjson.dumps(BODY)
         first = httpx.post(f"{base}/v1/optimize", content=body, headers={"content-type": "application/json"})
         first.raise_for_status()
@@ -132,12 +114,9 @@ def main() -> None:
         ]
         problems += [f"{label}: {result.socket_errors}" for label, result in results.items() if result.socket_errors]
         problems += [f"{label} probe failures: {p['failures']}" for label, p in probes.items() if p.get("failures")]
-        print("OK: only 200, 429 and 503, no socket errors" if not problems else "FAILED: " + "; ".join(problems))
-        if problems:
-            raise SystemExit(1)
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
+    print("OK: only 200, 429 and 503, no socket errors" if not problems else "FAILED: " + "; ".join(problems))
+    if problems:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":
