@@ -209,14 +209,25 @@ def test_an_unexpected_error_is_a_500_with_the_request_id(
     assert samples(client)[key] == 1
 
 
-def test_a_small_body_asking_for_a_jacobian_goes_to_the_compute_pool(make_client: ClientFactory) -> None:
+def test_a_small_body_asking_for_a_jacobian_goes_to_the_compute_pool(
+    make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     client = make_client()
-    client.post("/v1/activations/softmax", json={"input": [0.1, 0.2, 0.3], "jacobian": True})
-    client.post("/v1/activations/softmax", json={"input": [0.1, 0.2, 0.3]})
-    found = samples(client)
-    # Only computations in the pool pass through its worker threads; both are timed by op.
-    assert found[("gradient_compute_duration_seconds_count", (("op", "activation/softmax"),))] == 2
-    assert client.app.state.compute_pool.threads.total_tokens == 1
+    pool = client.app.state.compute_pool
+    pooled: list[str] = []
+    run = pool.run
+
+    async def recording_run(job: Any, deadline: float) -> Any:
+        pooled.append("run")
+        return await run(job, deadline)
+
+    monkeypatch.setattr(pool, "run", recording_run)
+    assert client.post("/v1/activations/softmax", json={"input": [0.1, 0.2, 0.3]}).status_code == 200
+    assert pooled == []  # small and cheap: computed on the event loop
+    answer = client.post("/v1/activations/softmax", json={"input": [0.1, 0.2, 0.3], "jacobian": True})
+    assert answer.status_code == 200
+    assert pooled == ["run"]  # as small, but a Jacobian can be large: in the pool
+    assert pool.threads.total_tokens == 1  # the pool's own threads, as many as its slots
 
 
 def test_access_log_lines_cannot_be_forged(client: AppClient, caplog: pytest.LogCaptureFixture) -> None:
