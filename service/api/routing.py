@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import Request, Response
-from fastapi.routing import APIRoute, APIRouter
+from fastapi.routing import APIRoute
 from starlette.types import Receive, Scope, Send
 
 
@@ -37,16 +37,3 @@ class RequestRoute(APIRoute):
     async def serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         response: Response = await self.endpoint(request=Request(scope, receive, send), **scope["path_params"])
         await response(scope, receive, send)
-
-
-Endpoint = Callable[..., Coroutine[Any, Any, Response]]
-
-
-def compute_post(router: APIRouter, path: str, **options: Any) -> Callable[[Endpoint], Endpoint]:
-    """``@router.post(path, ...)`` for a compute endpoint, registered as a RequestRoute."""
-
-    def register(endpoint: Endpoint) -> Endpoint:
-        router.add_api_route(path, endpoint, methods=["POST"], route_class_override=RequestRoute, **options)
-        return endpoint
-
-    return register

@@ -9,10 +9,9 @@ from fastapi import APIRouter, Request
 from service.api.context import ComputeContext, validate_params
 from service.api.deps import settings_of
 from service.api.dispatch import admit, compute_response
-from service.api.jsonbody import json_body_openapi, read_json_body
+from service.api.jsonbody import read_json_body
 from service.api.responses import JSONBytesResponse
-from service.api.routes.common import AUTH_RESPONSES, ERROR_RESPONSES, name_parameter
-from service.api.routing import compute_post
+from service.api.routes.common import AUTH_RESPONSES, compute_post, name_parameter
 from service.api.schemas import (
     ActivationCatalog,
     ActivationInfo,
@@ -45,10 +44,9 @@ def list_activations() -> ActivationCatalog:
 @compute_post(
     router,
     "/{name}",
+    ActivationRequest,
+    ActivationResponse,
     summary="Evaluate an activation with its gradient, second derivative or Jacobian",
-    response_class=JSONBytesResponse,
-    responses={200: {"model": ActivationResponse}, **ERROR_RESPONSES},
-    openapi_extra=json_body_openapi(ActivationRequest),
 )
 async def activation(name: ActivationName, request: Request) -> JSONBytesResponse:
     settings = settings_of(request)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-from fastapi import Path
+from fastapi import APIRouter, Path, Response
+from pydantic import BaseModel
 
+from service.api.jsonbody import json_body_openapi
+from service.api.responses import JSONBytesResponse
+from service.api.routing import RequestRoute
 from service.api.schemas import ErrorBody
 from service.compute.registry import Registry
 
@@ -38,3 +43,33 @@ def name_parameter(registry: Registry[Any]) -> Any:
     """The ``{name}`` path parameter of a registry's routes, its known names as an enum."""
     names: list[str] = [spec.name for spec in registry]
     return Path(description=f"A name from GET /v1/{registry.kind}s.", json_schema_extra={"enum": names})
+
+
+Endpoint = Callable[..., Coroutine[Any, Any, Response]]
+
+
+def compute_post(
+    router: APIRouter,
+    path: str,
+    body: type[BaseModel],
+    result: type[BaseModel] | None = None,
+    **options: Any,
+) -> Callable[[Endpoint], Endpoint]:
+    """``@router.post(path, ...)`` for a compute endpoint: a RequestRoute whose JSON ``body`` and
+    ``result`` models, and every error it may answer, are documented in the OpenAPI."""
+    documented: dict[int | str, dict[str, Any]] = {200: {"model": result}} if result is not None else {}
+
+    def register(endpoint: Endpoint) -> Endpoint:
+        router.add_api_route(
+            path,
+            endpoint,
+            methods=["POST"],
+            route_class_override=RequestRoute,
+            response_class=JSONBytesResponse,
+            responses={**documented, **ERROR_RESPONSES},
+            openapi_extra=json_body_openapi(body),
+            **options,
+        )
+        return endpoint
+
+    return register

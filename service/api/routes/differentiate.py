@@ -9,10 +9,9 @@ from fastapi import APIRouter, Request
 from service.api.context import ComputeContext, expression_limits
 from service.api.deps import settings_of
 from service.api.dispatch import admit, compute_response
-from service.api.jsonbody import json_body_openapi, read_json_body
+from service.api.jsonbody import read_json_body
 from service.api.responses import JSONBytesResponse
-from service.api.routes.common import AUTH_RESPONSES, ERROR_RESPONSES
-from service.api.routing import compute_post
+from service.api.routes.common import AUTH_RESPONSES, compute_post
 from service.api.schemas import DifferentiateRequest, DifferentiateResponse, FunctionCatalog, FunctionInfo
 from service.compute.differentiate import differentiate
 from service.compute.expressions import compile_program
@@ -54,10 +53,9 @@ def list_functions() -> FunctionCatalog:
 @compute_post(
     router,
     "/v1/differentiate",
+    DifferentiateRequest,
+    DifferentiateResponse,
     summary="Value, gradient, Jacobian and Hessian of a formula",
-    response_class=JSONBytesResponse,
-    responses={200: {"model": DifferentiateResponse}, **ERROR_RESPONSES},
-    openapi_extra=json_body_openapi(DifferentiateRequest),
 )
 async def differentiate_expression(request: Request) -> JSONBytesResponse:
     settings = settings_of(request)

@@ -9,10 +9,9 @@ from fastapi import APIRouter, Request
 
 from service.api.context import ComputeContext, validate_params
 from service.api.dispatch import admit, compute_response
-from service.api.jsonbody import json_body_openapi, read_json_body
+from service.api.jsonbody import read_json_body
 from service.api.responses import JSONBytesResponse
-from service.api.routes.common import AUTH_RESPONSES, ERROR_RESPONSES, name_parameter
-from service.api.routing import compute_post
+from service.api.routes.common import AUTH_RESPONSES, compute_post, name_parameter
 from service.api.schemas import LossCatalog, LossInfo, LossRequest, LossResponse, params_schema
 from service.compute.losses import LOSSES, evaluate_loss
 
@@ -40,10 +39,9 @@ def list_losses() -> LossCatalog:
 @compute_post(
     router,
     "/{name}",
+    LossRequest,
+    LossResponse,
     summary="Evaluate a loss with its gradients w.r.t. input, target and weight",
-    response_class=JSONBytesResponse,
-    responses={200: {"model": LossResponse}, **ERROR_RESPONSES},
-    openapi_extra=json_body_openapi(LossRequest),
 )
 async def loss(name: LossName, request: Request) -> JSONBytesResponse:
     inline = admit(request)

@@ -21,10 +21,9 @@ from pydantic import ValidationError
 from service.api.context import ComputeContext, expression_limits
 from service.api.deps import settings_of
 from service.api.dispatch import admit, compute_response, request_deadline
-from service.api.jsonbody import json_body_openapi, read_json_body
+from service.api.jsonbody import read_json_body
 from service.api.responses import JSONBytesResponse, dump_json
-from service.api.routes.common import AUTH_RESPONSES, ERROR_RESPONSES
-from service.api.routing import compute_post
+from service.api.routes.common import AUTH_RESPONSES, compute_post
 from service.api.schemas import (
     ExpressionObjective,
     LandscapeRequest,
@@ -142,13 +141,11 @@ def _starts(body: OptimizeRequest, ctx: ComputeContext) -> torch.Tensor:
 @compute_post(
     router,
     "/v1/optimize",
+    OptimizeRequest,
     summary="Run optimizers from many starts, with trajectories; streamed as events on request",
     description="With `Accept: text/event-stream` the response is a stream of `progress` events (the step and "
     "each run's current x and value at every `record_every`), then one `result` event holding the usual body "
     "(or one `error` event). A client that disconnects stops the computation.",
-    response_class=JSONBytesResponse,
-    responses=ERROR_RESPONSES,
-    openapi_extra=json_body_openapi(OptimizeRequest),
 )
 async def optimize(request: Request) -> Response:
     settings = settings_of(request)
@@ -322,10 +319,8 @@ def _limit(what: str, amount: int, limit: int, error_type: str) -> None:
 @compute_post(
     router,
     "/v1/landscape",
+    LandscapeRequest,
     summary="Sample a 2-D objective on a grid, with its gradient field on request",
-    response_class=JSONBytesResponse,
-    responses=ERROR_RESPONSES,
-    openapi_extra=json_body_openapi(LandscapeRequest),
 )
 async def landscape(request: Request) -> JSONBytesResponse:
     settings = settings_of(request)
