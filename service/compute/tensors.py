@@ -231,11 +231,12 @@ def decode(
     ``kind="index"`` asks for integer class indices (int64, whatever ``dtype`` says).
     Raises InvalidInput naming ``where`` (and the position inside) for anything malformed.
     """
-    if kind == "float" and device.type == "cpu" and dtype in NUMPY_DTYPES and _is_flat_number_list(value):
+    if kind == "float" and dtype in NUMPY_DTYPES and _is_flat_number_list(value):
         # The common small case: numpy casts float64 to float32 as torch would, for less overhead.
         budget.take(len(value), where)
         with np.errstate(over="ignore"):  # past float32's range is infinity, as torch's cast gives
-            return torch.from_numpy(np.array(value, dtype=np.float64).astype(NUMPY_DTYPES[dtype], copy=False))
+            flat = torch.from_numpy(np.array(value, dtype=np.float64).astype(NUMPY_DTYPES[dtype], copy=False))
+        return flat if device.type == "cpu" else flat.to(device)
     if isinstance(value, dict):
         tensor = _decode_encoded(value, where, kind)
     elif isinstance(value, LazyArray):
@@ -333,8 +334,6 @@ def _is_flat_number_list(value: Any) -> bool:
 
 def _decode_nested(value: Any, where: str, kind: Kind) -> torch.Tensor:
     """The exact path: checks every element and names the first bad one."""
-    if kind == "float" and _is_flat_number_list(value):
-        return torch.from_numpy(np.array(value, dtype=np.float64))
     shape: list[int] = []
     probe = value
     while isinstance(probe, list | LazyArray):
