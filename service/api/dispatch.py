@@ -39,12 +39,12 @@ def admit(request: Request, inline: bool = True) -> bool:
     return False
 
 
-async def run_compute(request: Request, job: Callable[[], T], inline: bool) -> T:
+async def run_compute(request: Request, job: Callable[[], T], inline: bool, deadline: float) -> T:
     """Run ``job`` inline (see ``admit``), or in the compute pool: bounded, 503 when full, 504
-    past the request's time budget."""
+    past ``deadline``."""
     if inline:
         return job()
-    return await request.app.state.compute_pool.run(job, request_deadline(request))  # type: ignore[no-any-return]
+    return await request.app.state.compute_pool.run(job, deadline)  # type: ignore[no-any-return]
 
 
 async def compute_response(
@@ -61,6 +61,7 @@ async def compute_response(
     computation that ends past the request's time budget is a 504 (unless ``enforce_deadline``
     is off, for a stream that reports the deadline in its result)."""
     settings = settings_of(request)
+    deadline = request_deadline(request)
     histogram = request.app.state.metrics.compute_histogram(op)
 
     def job() -> bytes:
@@ -72,8 +73,8 @@ async def compute_response(
         finally:
             histogram.observe(time.perf_counter() - ctx.started)
 
-    payload = await run_compute(request, job, inline)
-    if enforce_deadline and time.monotonic() > request_deadline(request):
+    payload = await run_compute(request, job, inline, deadline)
+    if enforce_deadline and time.monotonic() > deadline:
         raise DeadlineExceeded(
             f"The request's time budget of {settings.request_timeout_s:g} s ran out; send less, or ask for fewer steps."
         )
