@@ -32,11 +32,11 @@ def install_drain_handler(drain_s: float) -> None:
             continue
 
         def on_signal(number: int, frame: FrameType | None, previous: Any = previous) -> None:
-            if draining.is_set() or drain_s <= 0:
-                draining.set()
-                previous(number, frame)  # a second signal goes straight through
-                return
+            again = draining.is_set()
             draining.set()
+            if again or drain_s <= 0:  # a second signal goes straight through
+                previous(number, frame)
+                return
             logger.info("draining: /readyz answers 503 for %.1f s before the shutdown begins", drain_s)
             loop.call_soon_threadsafe(loop.call_later, drain_s, previous, number, None)
 
