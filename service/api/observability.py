@@ -92,28 +92,23 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(GpuMemoryCollector())
-        self._request_children: dict[tuple[str, str, int], Any] = {}
-        self._latency_children: dict[tuple[str, str], Any] = {}
-        self._compute_children: dict[str, Any] = {}
+        self._children: dict[tuple[Any, ...], Any] = {}
 
-    def compute_histogram(self, op: str) -> Any:
-        """The compute-time histogram's child for ``op`` (cached)."""
-        child = self._compute_children.get(op)
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, cached: .labels() takes a lock and builds a tuple every call."""
+        key = (metric, *labels)
+        child = self._children.get(key)
         if child is None:
-            child = self._compute_children[op] = self.compute.labels(op)
+            child = self._children[key] = metric.labels(*labels)
         return child
 
+    def compute_histogram(self, op: str) -> Any:
+        """The compute-time histogram's child for ``op``."""
+        return self._child(self.compute, op)
+
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
-        # Children cached by label values: .labels() takes a lock and builds a tuple every call.
-        key = (method, route, status)
-        child = self._request_children.get(key)
-        if child is None:
-            child = self._request_children[key] = self.requests.labels(method, route, str(status))
-        child.inc()
-        latency = self._latency_children.get(key[:2])
-        if latency is None:
-            latency = self._latency_children[key[:2]] = self.latency.labels(method, route)
-        latency.observe(seconds)
+        self._child(self.requests, method, route, str(status)).inc()
+        self._child(self.latency, method, route).observe(seconds)
         if status in REJECTION_REASONS:
             self.rejections.labels(REJECTION_REASONS[status]).inc()
 
