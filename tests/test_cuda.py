@@ -6,10 +6,14 @@ import pytest
 import torch
 
 from service.compute.losses import LossSample, LossSpec
+from service.compute.objectives import OBJECTIVES
+from service.compute.optimize import Objective, Schedule, optimize
+from service.compute.optimizers import OPTIMIZERS, OptimizerSpec
 from service.compute.registry import OpSpec, Sample
 from tests.api.test_losses_api import wire_body
 from tests.compute.test_activations import CASES, sample_input
 from tests.compute.test_losses import CASES as LOSS_CASES
+from tests.compute.test_optimize import STARTS, independent_loop
 from tests.conftest import AppClient
 from tests.helpers import from_wire
 
@@ -77,6 +81,38 @@ def test_optimisation_on_cuda_matches_cpu(client: AppClient) -> None:
     for gpu_run, cpu_run in zip(on_gpu["runs"], on_cpu["runs"], strict=True):
         torch.testing.assert_close(from_wire(gpu_run["x"]), from_wire(cpu_run["x"]))
         assert gpu_run["stopped"] == cpu_run["stopped"]
+
+
+@pytest.mark.parametrize("spec", [spec for spec in OPTIMIZERS if spec.elementwise], ids=lambda spec: spec.name)
+def test_batched_runs_on_cuda_equal_independent_loops(spec: OptimizerSpec) -> None:
+    himmelblau = OBJECTIVES.get("himmelblau")
+    settings = {**spec.defaults(), "lr": 1e-3}
+    starts = STARTS.cuda()
+    runs = optimize(Objective(himmelblau.fn, True), starts, [(spec, settings)], Schedule(300, 100)).runs()
+    for run, start in zip(runs, starts, strict=True):
+        assert run.x.device.type == "cuda"
+        expected = independent_loop(spec, settings, himmelblau.fn, start, 300)
+        torch.testing.assert_close(run.x, expected, rtol=0, atol=1e-7)
+
+
+def test_many_starts_on_cuda_match_cpu(client: AppClient) -> None:
+    starts = torch.rand(20_000, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 10 - 5
+    body = {
+        "objective": "himmelblau",
+        "starts": starts.tolist(),
+        "optimizer": "adam",
+        "steps": 500,
+        "record_every": 500,
+        "tolerance": 1e-3,
+        "report": "summary",
+        "dtype": "float64",
+    }
+    on_gpu = client.post("/v1/optimize", json={**body, "device": "cuda"}).json()["summary"]
+    on_cpu = client.post("/v1/optimize", json={**body, "device": "cpu"}).json()["summary"]
+    torch.testing.assert_close(from_wire(on_gpu["x"]), from_wire(on_cpu["x"]), rtol=0, atol=1e-7)
+    assert on_gpu["steps"] == on_cpu["steps"]
+    assert on_gpu["stopped"] == on_cpu["stopped"]
+    assert on_gpu["minima"] == on_cpu["minima"]
 
 
 def test_gpu_out_of_memory_is_a_503_and_the_next_request_succeeds(client: AppClient) -> None:

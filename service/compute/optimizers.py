@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, Protocol
 
 import torch
 
@@ -20,6 +21,9 @@ class OptimizerSpec:
     elementwise: bool = True
     """Updates each element from its own gradient and state alone, so many starts can share one
     batched parameter and still get exactly the updates of independent runs (lbfgs cannot)."""
+    fused: Callable[[torch.Tensor, Mapping[str, Any]], Update] | None = None
+    """The update as one fused torch kernel, the one ``cls(..., fused=True)`` runs, without the
+    Optimizer's per-step bookkeeping."""
 
     def defaults(self) -> dict[str, Any]:
         return defaults(self.params)
@@ -33,8 +37,96 @@ class OptimizerSpec:
         build: Callable[..., torch.optim.Optimizer] = self.cls
         return build([parameter], **kwargs)
 
+    def update(self, parameter: torch.Tensor, settings: Mapping[str, Any]) -> Update:
+        """Steps that take the gradient as an argument: the fused kernel where there is one."""
+        if self.fused is not None:
+            return self.fused(parameter, settings)
+        return OptimizerUpdate(self.build(parameter.requires_grad_(True), settings), parameter)
+
+
+class Update(Protocol):
+    """One optimizer step from a given gradient, updating the parameter in place; its state can
+    be saved and loaded, to take steps back."""
+
+    capturable: bool
+    """Its step can be recorded in a CUDA graph: its state stays in place on the device."""
+
+    def __call__(self, grad: torch.Tensor) -> None: ...
+
+    def save(self) -> Any: ...
+
+    def load(self, saved: Any) -> None: ...
+
+
+class OptimizerUpdate:
+    """A torch.optim optimizer's own step, handed the gradient."""
+
+    capturable = False
+
+    def __init__(self, optimizer: torch.optim.Optimizer, parameter: torch.Tensor) -> None:
+        self.optimizer, self.parameter = optimizer, parameter
+
+    def __call__(self, grad: torch.Tensor) -> None:
+        self.parameter.grad = grad
+        self.optimizer.step()
+
+    def save(self) -> dict[str, Any]:
+        state = self.optimizer.state[self.parameter]
+        return {key: value.clone() if isinstance(value, torch.Tensor) else value for key, value in state.items()}
+
+    def load(self, saved: dict[str, Any]) -> None:
+        self.optimizer.state[self.parameter] = {
+            key: value.clone() if isinstance(value, torch.Tensor) else value for key, value in saved.items()
+        }
+
 
 OPTIMIZERS: Registry[OptimizerSpec] = Registry("optimizer")
+
+
+class FusedAdam:
+    """Adam's or AdamW's step as torch.optim's fused implementation runs it: the step count is
+    a float32 tensor on the parameter's device, incremented before the kernel."""
+
+    capturable = True
+
+    def __init__(self, kernel: Callable[..., None], parameter: torch.Tensor, settings: Mapping[str, Any]) -> None:
+        self.kernel, self.parameter = kernel, parameter
+        self.exp_avg, self.exp_avg_sq = torch.zeros_like(parameter), torch.zeros_like(parameter)
+        self.max_exp_avg_sq = [torch.zeros_like(parameter)] if settings["amsgrad"] else []
+        self.step = torch.zeros((), dtype=torch.float32, device=parameter.device)
+        self.one = torch.ones((), dtype=torch.float32, device=parameter.device)
+        beta1, beta2 = settings["betas"]
+        self.options = {
+            "lr": float(settings["lr"]),
+            "beta1": float(beta1),
+            "beta2": float(beta2),
+            "weight_decay": float(settings["weight_decay"]),
+            "eps": float(settings["eps"]),
+            "amsgrad": bool(settings["amsgrad"]),
+            "maximize": False,
+        }
+
+    def __call__(self, grad: torch.Tensor) -> None:
+        self.step.add_(self.one)
+        self.kernel(
+            [self.parameter],
+            [grad],
+            [self.exp_avg],
+            [self.exp_avg_sq],
+            self.max_exp_avg_sq,
+            [self.step],
+            **self.options,
+        )
+
+    def _state(self) -> list[torch.Tensor]:
+        return [self.exp_avg, self.exp_avg_sq, *self.max_exp_avg_sq, self.step]
+
+    def save(self) -> list[torch.Tensor]:
+        return [tensor.clone() for tensor in self._state()]
+
+    def load(self, saved: list[torch.Tensor]) -> None:
+        for tensor, value in zip(self._state(), saved, strict=True):
+            tensor.copy_(value)
 
 
 def lr(default: float) -> Param:
@@ -64,7 +156,17 @@ _register(
     WEIGHT_DECAY,
     Param("nesterov", False, "Nesterov momentum (needs momentum > 0 and dampening 0)."),
 )
-_register("adam", torch.optim.Adam, "Adam.", lr(1e-3), BETAS, eps(1e-8), WEIGHT_DECAY, AMSGRAD)
+_register(
+    "adam",
+    torch.optim.Adam,
+    "Adam.",
+    lr(1e-3),
+    BETAS,
+    eps(1e-8),
+    WEIGHT_DECAY,
+    AMSGRAD,
+    fused=partial(FusedAdam, torch._fused_adam_),
+)
 _register(
     "adamw",
     torch.optim.AdamW,
@@ -74,6 +176,7 @@ _register(
     eps(1e-8),
     Param("weight_decay", 1e-2, "Decoupled weight decay.", ge=0.0),
     AMSGRAD,
+    fused=partial(FusedAdam, torch._fused_adamw_),
 )
 _register(
     "rmsprop",

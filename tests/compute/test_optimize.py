@@ -47,7 +47,7 @@ def test_batched_runs_equal_independent_loops(spec: OptimizerSpec) -> None:
     himmelblau = OBJECTIVES.get("himmelblau")
     settings = {**spec.defaults(), "lr": 1e-3 if spec.name != "lbfgs" else 0.1}
     steps = 60 if spec.elementwise else 5
-    runs = optimize(Target(himmelblau.fn, batched=True), STARTS, [(spec, settings)], Schedule(steps, 10))
+    runs = optimize(Target(himmelblau.fn, batched=True), STARTS, [(spec, settings)], Schedule(steps, 10)).runs()
     assert [run.start for run in runs] == list(range(len(STARTS)))
     for run, start in zip(runs, STARTS, strict=True):
         expected = independent_loop(spec, settings, himmelblau.fn, start, steps)
@@ -75,7 +75,7 @@ def test_seed_case_reaches_himmelblau_minima() -> None:
     starts = torch.tensor([[1.0, 0.0], [-4.0, 0.0], [4.0, 0.0]], dtype=F64)
     runs = optimize(
         Target(himmelblau.fn, True), starts, [(adam, {**adam.defaults(), "lr": 1e-3})], Schedule(20_000, 2_000)
-    )
+    ).runs()
     reached = []
     for run in runs:
         distance, minimum = min((math.dist(run.x.tolist(), x), x) for x, _ in himmelblau.minima(2))
@@ -93,7 +93,7 @@ def test_a_run_stopped_early_leaves_the_others_unchanged() -> None:
     sgd = OPTIMIZERS.get("sgd")
     settings = {**sgd.defaults(), "lr": 0.1, "momentum": 0.9}
     starts = torch.tensor([[0.0, 0.0], [1.0, -2.0], [3.0, 1.0]], dtype=F64)
-    runs = optimize(Target(sphere.fn, True), starts, [(sgd, settings)], Schedule(400, 5, tolerance=1e-3))
+    runs = optimize(Target(sphere.fn, True), starts, [(sgd, settings)], Schedule(400, 5, tolerance=1e-3)).runs()
     assert runs[0].stopped == "tolerance"
     assert runs[0].steps == 0
     assert torch.equal(runs[0].x, starts[0])
@@ -107,13 +107,15 @@ def test_a_run_stopped_early_leaves_the_others_unchanged() -> None:
 def test_divergence_and_deadline() -> None:
     himmelblau = OBJECTIVES.get("himmelblau")
     sgd = OPTIMIZERS.get("sgd")
-    runs = optimize(Target(himmelblau.fn, True), STARTS[:1], [(sgd, {**sgd.defaults(), "lr": 1.0})], Schedule(100, 10))
+    runs = optimize(
+        Target(himmelblau.fn, True), STARTS[:1], [(sgd, {**sgd.defaults(), "lr": 1.0})], Schedule(100, 10)
+    ).runs()
     assert runs[0].stopped == "diverged"
     assert not math.isfinite(runs[0].value)
     late = Schedule(1_000, 100, deadline=time.monotonic() - 1)
     runs = optimize(
         Target(himmelblau.fn, True), STARTS, [(OPTIMIZERS.get("adam"), OPTIMIZERS.get("adam").defaults())], late
-    )
+    ).runs()
     assert {run.stopped for run in runs} == {"deadline"}
     assert {run.steps for run in runs} == {0}
 
@@ -121,7 +123,7 @@ def test_divergence_and_deadline() -> None:
 def test_several_optimizers_order_runs_by_start_then_optimizer() -> None:
     sphere = OBJECTIVES.get("sphere")
     choices = [(OPTIMIZERS.get(name), OPTIMIZERS.get(name).defaults()) for name in ("adam", "lbfgs", "sgd")]
-    runs = optimize(Target(sphere.fn, True), STARTS[:2], choices, Schedule(3, 1))
+    runs = optimize(Target(sphere.fn, True), STARTS[:2], choices, Schedule(3, 1)).runs()
     assert [(run.start, run.optimizer) for run in runs] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
 
 

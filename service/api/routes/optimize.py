@@ -172,17 +172,18 @@ async def optimize(request: Request) -> Response:
             _limit("trajectory elements", points * dimension, settings.max_elements, "trajectory_too_long")
         objective, entry = _objective(body.objective, ctx, settings, dimension)
 
-        def on_progress(step: int, runs: list[engine.Run]) -> None:
+        def on_progress(step: int, group: engine.RunGroup) -> None:
             assert events is not None
+            name = optimizers[group.optimizer][0].name
             state = [
                 {
-                    "start": run.start,
-                    "optimizer": optimizers[run.optimizer][0].name,
-                    "optimizer_index": run.optimizer,
-                    "x": ctx.wire(run.x),
-                    "value": scalar_to_wire(run.value),
+                    "start": start,
+                    "optimizer": name,
+                    "optimizer_index": group.optimizer,
+                    "x": ctx.wire(x),
+                    "value": scalar_to_wire(value),
                 }
-                for run in runs
+                for start, (x, value) in enumerate(zip(group.x, group.value.tolist(), strict=True))
             ]
             try:  # a full buffer means a slow reader: drop this event rather than pile them up
                 anyio.from_thread.run_sync(events.send_nowait, _event("progress", {"step": step, "runs": state}))
@@ -201,16 +202,16 @@ async def optimize(request: Request) -> Response:
             trajectories=body.report == "runs",
         )
         with torch_errors("the optimisation"):
-            runs = engine.optimize(objective, starts, optimizers, schedule)
-        if not streamed and any(run.stopped == "deadline" for run in runs):
-            done = sum(run.steps for run in runs)
+            outcome = engine.optimize(objective, starts, optimizers, schedule)
+        if not streamed and any("deadline" in group.reasons() for group in outcome.groups):
+            done = sum(int(group.steps.sum()) for group in outcome.groups)
             raise DeadlineExceeded(
                 f"The request's time budget of {settings.request_timeout_s:g} s ran out after {done} steps in all; "
                 "ask for fewer steps, or stream the run (Accept: text/event-stream) to keep what it reached."
             )
         if body.report == "summary":
-            return {"summary": _summary(runs, optimizers, entry, body.reach_tolerance, ctx)}
-        return {"runs": [_run(run, optimizers, entry, ctx) for run in runs]}
+            return {"summary": _summary(outcome, optimizers, entry, body.reach_tolerance, ctx)}
+        return {"runs": [_run(run, optimizers, entry, ctx) for run in outcome.runs()]}
 
     if not streamed:
         return await compute_response(request, body, compute, op="optimize", inline=False)
@@ -276,20 +277,23 @@ def _run(
 
 
 def _summary(
-    runs: list[engine.Run],
+    outcome: engine.Outcome,
     optimizers: list[tuple[OptimizerSpec, dict[str, Any]]],
     entry: Any,
     reach: float,
     ctx: ComputeContext,
 ) -> dict[str, Any]:
     """Final points and values as tensors, in run order (start-major), and basin counts."""
-    points = torch.stack([run.x for run in runs])
-    stopped: dict[str, int] = {}
-    for run in runs:
-        stopped[run.stopped] = stopped.get(run.stopped, 0) + 1
+    groups = outcome.groups
+    count, dimension = groups[0].x.shape
+    points = torch.stack([group.x for group in groups], dim=1).reshape(-1, dimension)
+    values = torch.stack([group.value for group in groups], dim=1).reshape(-1)
+    codes = torch.stack([group.stopped for group in groups], dim=1).reshape(-1)
+    tally = torch.bincount(codes, minlength=len(engine.STOP_REASONS)).tolist()
+    stopped = {reason: amount for reason, amount in zip(engine.STOP_REASONS, tally, strict=True) if amount}
     minima = None
     if entry is not None:
-        known = entry.minima(points.shape[1])
+        known = entry.minima(dimension)
         targets = torch.tensor([x for x, _ in known], dtype=points.dtype, device=points.device)
         distances = torch.cdist(points, targets)
         closest = distances.argmin(dim=1)
@@ -298,12 +302,13 @@ def _summary(
             {"x": x, "value": value, "count": int(((closest == index) & reached).sum())}
             for index, (x, value) in enumerate(known)
         ]
+    names = [optimizers[group.optimizer][0].name for group in groups]
     return {
-        "start": [run.start for run in runs],
-        "optimizer": [optimizers[run.optimizer][0].name for run in runs],
+        "start": [start for start in range(count) for _ in groups],
+        "optimizer": names * count,
         "x": ctx.wire(points),
-        "value": ctx.wire(torch.tensor([run.value for run in runs], dtype=points.dtype)),
-        "steps": [run.steps for run in runs],
+        "value": ctx.wire(values),
+        "steps": torch.stack([group.steps for group in groups], dim=1).reshape(-1).tolist(),
         "stopped": stopped,
         "minima": minima,
     }
