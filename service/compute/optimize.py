@@ -183,10 +183,10 @@ def _look(
     """Update the active runs' state at ``step``, record their points if ``record``, and stop
     the runs that end here (marking them inactive); returns how many stopped. ``end``: every
     active run ends here, for this reason (the last step, or out of time)."""
-    group.x[active] = rows[active]
-    group.value[active] = values[active]
-    group.grad_norm[active] = norms[active]
-    group.steps[active] = step
+    torch.where(active.unsqueeze(-1), rows, group.x, out=group.x)  # elementwise: faster than masking
+    torch.where(active, values, group.value, out=group.value)
+    torch.where(active, norms, group.grad_norm, out=group.grad_norm)
+    group.steps.masked_fill_(active, step)
     ending = active if end is not None else active & stopping
     if record:
         group.records.append(Record(step, rows.clone(), values.clone(), active.clone()))
@@ -194,7 +194,7 @@ def _look(
     if count:
         reason = torch.where(diverged, _DIVERGED, _TOLERANCE)
         code = torch.where(stopping, reason, end if end is not None else _MAX_STEPS)
-        group.stopped[ending] = code[ending]
+        torch.where(ending, code, group.stopped, out=group.stopped)
         active &= ~ending
     return count
 

@@ -12,6 +12,7 @@ evaluated by the expression interpreter during tracing only; the graph holds ATe
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
@@ -82,7 +83,7 @@ def trace_value_and_grad(
     # Fake tensors: shapes flow but no numbers, so a Python branch on a value cannot be baked
     # into the graph; it fails the trace, and the caller falls back to plain autograd.
     with torch.no_grad():
-        graph_module = make_fx(joint, tracing_mode="fake")(example)
+        graph_module = make_fx(joint, tracing_mode="fake", _allow_non_fake_inputs=True)(example)
     _simplify(graph_module)
     graph_module.recompile()
     return TracedValueAndGrad(graph_module)
@@ -105,7 +106,7 @@ def _is_ones(node: Any) -> bool:
     """A tensor of ones: the seed of the backward pass, possibly expanded."""
     if not isinstance(node, torch.fx.Node) or node.op != "call_function":
         return False
-    if node.target is aten.expand.default:
+    if node.target in (aten.expand.default, aten.view.default, aten._unsafe_view.default):
         return _is_ones(node.args[0])
     return node.target is aten.ones_like.default
 
@@ -155,7 +156,7 @@ def _simplify(graph_module: torch.fx.GraphModule) -> None:
 
     for node in list(graph.nodes):
         if node.op == "call_function":
-            _rewrite(node, constant)
+            _rewrite(node, constant, partial(getattr, graph_module))
     graph.eliminate_dead_code()
     for node in reversed(list(graph.nodes)):  # outermost sums first
         if node.op == "call_function" and node.target is aten.add.Tensor and node.users:
@@ -167,16 +168,21 @@ def _simplify(graph_module: torch.fx.GraphModule) -> None:
     graph.lint()
 
 
-def _rewrite(node: torch.fx.Node, constant: Callable[[torch.Tensor, torch.fx.Node], torch.fx.Node]) -> None:
+def _rewrite(
+    node: torch.fx.Node,
+    constant: Callable[[torch.Tensor, torch.fx.Node], torch.fx.Node],
+    fetch: Callable[[str], Any],
+) -> None:
     """One node's exact rewrite, if one applies."""
     target, args = node.target, node.args
     result = _meta(node)
     if target in _NO_OPS:
         node.replace_all_uses_with(args[0])  # type: ignore[arg-type]
-    elif not node.all_input_nodes and isinstance(target, torch._ops.OpOverload):
-        # No inputs: a constant, made once (unless it is random).
+    elif all(input.op == "get_attr" for input in node.all_input_nodes) and isinstance(target, torch._ops.OpOverload):
+        # Only constants in: a constant, made once (unless it is random).
         if torch.Tag.nondeterministic_seeded not in target.tags:
-            value = target(*args, **node.kwargs)
+            real = torch.fx.node.map_arg((args, node.kwargs), lambda input: fetch(str(input.target)))
+            value = target(*real[0], **real[1])
             if isinstance(value, torch.Tensor):
                 node.replace_all_uses_with(constant(value, node))
     elif target is aten.pow.Tensor_Scalar and args[1] in (1, 1.0) and _same_layout(node, args[0]):

@@ -249,7 +249,8 @@ def test_summary_report_counts_basins(client: AppClient) -> None:
     points = from_wire(summary["x"])
     assert points.shape == (36, 2)
     assert from_wire(summary["value"]).shape == (36,)
-    assert summary["start"] == list(range(36))
+    assert summary["optimizers"] == ["lbfgs"]
+    assert from_wire(summary["steps"]).shape == (36,)
     counts = [minimum["count"] for minimum in summary["minima"]]
     himmelblau = OBJECTIVES.get("himmelblau")
     expected = [0, 0, 0, 0]

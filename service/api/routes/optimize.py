@@ -283,9 +283,10 @@ def _summary(
     reach: float,
     ctx: ComputeContext,
 ) -> dict[str, Any]:
-    """Final points and values as tensors, in run order (start-major), and basin counts."""
+    """Final points, values and step counts as tensors, and basin counts. Row ``i`` is the run
+    of start ``i // k`` with optimizer ``i % k`` of the ``k`` listed."""
     groups = outcome.groups
-    count, dimension = groups[0].x.shape
+    dimension = groups[0].x.shape[1]
     points = torch.stack([group.x for group in groups], dim=1).reshape(-1, dimension)
     values = torch.stack([group.value for group in groups], dim=1).reshape(-1)
     codes = torch.stack([group.stopped for group in groups], dim=1).reshape(-1)
@@ -302,13 +303,11 @@ def _summary(
             {"x": x, "value": value, "count": int(((closest == index) & reached).sum())}
             for index, (x, value) in enumerate(known)
         ]
-    names = [optimizers[group.optimizer][0].name for group in groups]
     return {
-        "start": [start for start in range(count) for _ in groups],
-        "optimizer": names * count,
+        "optimizers": [optimizers[group.optimizer][0].name for group in groups],
         "x": ctx.wire(points),
         "value": ctx.wire(values),
-        "steps": torch.stack([group.steps for group in groups], dim=1).reshape(-1).tolist(),
+        "steps": ctx.wire(torch.stack([group.steps for group in groups], dim=1).reshape(-1)),
         "stopped": stopped,
         "minima": minima,
     }
