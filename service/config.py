@@ -30,6 +30,13 @@ class Settings(BaseSettings):
     max_steps: int = Field(10_000_000, ge=1, description="Cap on optimisation steps x runs (413).")
     max_trajectory_points: int = Field(100_000, ge=1, description="Trajectory points in one response (413).")
     max_grid_points: int = Field(1_000_000, ge=1, description="Grid points of one landscape (413).")
+    compile: bool = Field(
+        True,
+        description="Compile long Adam runs on a CPU with TorchInductor, in the background (needs a C++ compiler).",
+    )
+    compile_min_steps: int = Field(
+        10_000, ge=1, description="Steps a run plans before its case is compiled (a compile takes 5-30 s)."
+    )
     request_timeout_s: float = Field(60.0, gt=0, description="Time budget of one request, waiting included (504).")
     max_concurrency: int = Field(
         0,

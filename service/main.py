@@ -21,6 +21,7 @@ from service.api.observability import Metrics, RequestMiddleware
 from service.api.pool import ComputePool
 from service.api.routes import ROUTERS
 from service.compute.activations import ACTIVATIONS, evaluate_activation
+from service.compute.compiled import ChunkCompiler
 from service.compute.traced import trace_value_and_grad
 from service.config import Settings
 
@@ -64,6 +65,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.computing.set_function(lambda: pool.running)
         metrics.queued.set_function(lambda: pool.waiting)
         app.state.compute_pool = pool
+        app.state.chunk_compiler = (
+            ChunkCompiler(
+                settings.compile_min_steps,
+                lambda outcome, seconds: metrics.compilations.labels(outcome).observe(seconds),
+            )
+            if settings.compile
+            else None
+        )
         await anyio.to_thread.run_sync(warm_up)
         # Everything loaded so far (torch, torch.func and their modules) lives as long as the
         # process: keep it out of the collector's generations, so full collections stay short.

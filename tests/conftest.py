@@ -4,6 +4,7 @@ drives it in-process (lifespan included) through httpx's ASGI transport."""
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
@@ -15,6 +16,10 @@ from fastapi import FastAPI
 
 from service.config import Settings
 from service.main import create_app
+
+# Background compiles take tens of seconds of CPU; only the tests about them turn them on (for
+# apps built here and servers started from here alike).
+os.environ.setdefault("GRADIENT_COMPILE", "false")
 
 
 class AppClient:

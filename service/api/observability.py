@@ -91,6 +91,13 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.compilations = Histogram(
+            "gradient_compilations_seconds",
+            "Background compiles of optimiser steps, by outcome (compiled, failed).",
+            ["outcome"],
+            buckets=(1, 2, 5, 10, 20, 40, 80, 160),
+            registry=self.registry,
+        )
         self.registry.register(GpuMemoryCollector())
         self._children: dict[tuple[Any, ...], Any] = {}
 

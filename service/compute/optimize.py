@@ -22,7 +22,8 @@ from typing import Any, Literal, Protocol
 
 import torch
 
-from service.compute.optimizers import OptimizerSpec
+from service.compute.compiled import CHUNK, ChunkCompiler, CompiledChunk
+from service.compute.optimizers import FusedAdam, OptimizerSpec
 from service.compute.traced import TracedValueAndGrad, trace_value_and_grad
 from service.errors import InvalidInput, LimitExceeded
 
@@ -241,15 +242,18 @@ def optimize(
     starts: torch.Tensor,
     optimizers: Sequence[tuple[OptimizerSpec, Mapping[str, Any]]],
     schedule: Schedule,
+    compiler: ChunkCompiler | None = None,
 ) -> Outcome:
-    """One run per start (rows of ``starts``) and optimizer."""
+    """One run per start (rows of ``starts``) and optimizer; ``compiler`` compiles long Adam
+    runs' steps (see ``compiled``)."""
     groups: list[RunGroup] = []
     traced: TracedValueAndGrad | Literal[False] | None = None  # False: tracing failed once
     for index, (spec, settings) in enumerate(optimizers):
         if spec.elementwise and traced is not False:
             traced = traced or _trace(objective, starts)
             if traced:
-                groups.append(_run_group(_TracedStepper(traced, starts, spec, settings), starts, index, schedule))
+                stepper = _TracedStepper(traced, starts, spec, settings, compiler, schedule.steps)
+                groups.append(_run_group(stepper, starts, index, schedule))
                 continue
         if objective.batched and spec.elementwise:
             rows = [starts]
@@ -260,6 +264,8 @@ def optimize(
             for part in rows
         ]
         groups.append(RunGroup.joined(parts))
+    if compiler is not None:
+        compiler.start_wanted()
     return Outcome(groups, schedule.record_every)
 
 
@@ -297,11 +303,19 @@ class _TracedStepper:
     abandons_steps = False
 
     def __init__(
-        self, traced: TracedValueAndGrad, starts: torch.Tensor, spec: OptimizerSpec, settings: Mapping[str, Any]
+        self,
+        traced: TracedValueAndGrad,
+        starts: torch.Tensor,
+        spec: OptimizerSpec,
+        settings: Mapping[str, Any],
+        compiler: ChunkCompiler | None = None,
+        planned_steps: int = 0,
     ) -> None:
         self.traced = traced
         self.rows = starts.detach().clone()
         self.update = spec.update(self.rows, settings)
+        self.compiler, self.planned_steps = compiler, planned_steps
+        self.chunk: CompiledChunk | None = None
         self.grads = torch.zeros_like(self.rows)
         self.captured: dict[int, _Captured] | None = {}
         """CUDA graphs of ``_steps`` by step count; None once capture has failed."""
@@ -335,6 +349,10 @@ class _TracedStepper:
         returns the sum of every value and gradient seen (non-finite once one is), and whether a
         gradient norm reached ``tolerance``. No host synchronisation: a GPU runs ahead."""
         rows, update, traced = self.rows.detach(), self.update, self.traced
+        if active is None and count % CHUNK == 0 and isinstance(update, FusedAdam):
+            chunk = self.chunk or self._compiled()
+            if chunk is not None:
+                return chunk.run(count // CHUNK, rows, update, tolerance)
         watched = None if active is None else torch.nonzero(active).flatten()
         health = torch.zeros((), dtype=rows.dtype, device=rows.device)
         near = torch.zeros((), dtype=torch.bool, device=rows.device)
@@ -348,6 +366,14 @@ class _TracedStepper:
             if active is not None and frozen is not None:
                 torch.where(active.unsqueeze(-1), rows, frozen, out=rows)
         return health, near
+
+    def _compiled(self) -> CompiledChunk | None:
+        if self.compiler is None or not isinstance(self.update, FusedAdam):
+            return None
+        self.chunk = self.compiler.chunk(self.traced, self.rows.detach(), self.update, self.planned_steps)
+        if self.chunk is None and self.compiler.min_steps > self.planned_steps:
+            self.compiler = None  # too short a run to compile for: stop asking
+        return self.chunk
 
     def _replay(self, count: int, tolerance: float | None) -> tuple[torch.Tensor, torch.Tensor]:
         """``_steps`` for every run; on a GPU, from the second time for a given ``count``, as a

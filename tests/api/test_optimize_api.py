@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 from typing import Any
 
 import orjson
@@ -369,3 +370,30 @@ def test_progress_events_follow_the_wire_format(client: AppClient) -> None:
     assert first[1]["x"]["dtype"] == "float32"
     assert first[1]["optimizer"] == "adam"
     assert first[1]["optimizer_index"] == 0
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="no C++ compiler")
+def test_a_long_adam_run_is_compiled_after_it_and_the_next_one_uses_the_kernel(make_client: ClientFactory) -> None:
+    """The first long run asks for a compile, which starts once it has answered; /metrics counts
+    it; the next run uses the kernel and ends within 1e-7 of torch.optim's loop."""
+    client = make_client(compile=True, compile_min_steps=100)
+    body = {
+        "objective": "himmelblau",
+        "starts": [[1.0, 0.0], [-4.0, 0.0], [4.0, 0.0], [0.5, -1.5]],
+        "optimizer": {"name": "adam", "lr": 0.01},
+        "steps": 400,
+        "record_every": 200,
+        "dtype": "float64",
+    }
+    first = client.post("/v1/optimize", json=body).json()["runs"]
+    client.app.state.chunk_compiler.wait()
+    metrics = client.get("/metrics").text
+    assert 'gradient_compilations_seconds_count{outcome="compiled"} 1.0' in metrics
+    second = client.post("/v1/optimize", json=body).json()["runs"]
+    adam = OPTIMIZERS.get("adam")
+    settings = {**adam.defaults(), "lr": 0.01}
+    himmelblau = OBJECTIVES.get("himmelblau").fn
+    for before, after, start in zip(first, second, body["starts"], strict=True):
+        expected = independent_loop(adam, settings, himmelblau, torch.tensor(start, dtype=torch.float64), 400)
+        torch.testing.assert_close(from_wire(after["x"]), expected, rtol=0, atol=1e-7)
+        torch.testing.assert_close(from_wire(before["x"]), expected, rtol=0, atol=1e-7)

@@ -202,7 +202,7 @@ async def optimize(request: Request) -> Response:
             trajectories=body.report == "runs",
         )
         with torch_errors("the optimisation"):
-            outcome = engine.optimize(objective, starts, optimizers, schedule)
+            outcome = engine.optimize(objective, starts, optimizers, schedule, request.app.state.chunk_compiler)
         if not streamed and any("deadline" in group.reasons() for group in outcome.groups):
             done = sum(int(group.steps.sum()) for group in outcome.groups)
             raise DeadlineExceeded(
