@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -21,9 +22,11 @@ from service.api.observability import Metrics, RequestMiddleware
 from service.api.pool import ComputePool
 from service.api.routes import ROUTERS
 from service.compute.activations import ACTIVATIONS, evaluate_activation
-from service.compute.compiled import ChunkCompiler
+from service.compute.compiled import ChunkCompiler, cxx_available
 from service.compute.traced import trace_value_and_grad
 from service.config import Settings
+
+logger = logging.getLogger("service")
 
 DESCRIPTION = """Values and derivatives computed by PyTorch autograd, over HTTP.
 
@@ -65,14 +68,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.computing.set_function(lambda: pool.running)
         metrics.queued.set_function(lambda: pool.waiting)
         app.state.compute_pool = pool
-        app.state.chunk_compiler = (
-            ChunkCompiler(
+        app.state.chunk_compiler = None
+        if settings.compile and cxx_available():
+            app.state.chunk_compiler = ChunkCompiler(
                 settings.compile_min_steps,
                 lambda outcome, seconds: metrics.compilations.labels(outcome).observe(seconds),
             )
-            if settings.compile
-            else None
-        )
+        elif settings.compile:
+            logger.info("no C++ compiler found: optimisation steps will not be compiled")
         await anyio.to_thread.run_sync(warm_up)
         # Everything loaded so far (torch, torch.func and their modules) lives as long as the
         # process: keep it out of the collector's generations, so full collections stay short.

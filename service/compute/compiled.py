@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import shutil
 import threading
 import time
 from collections import OrderedDict
@@ -140,6 +142,12 @@ def _unrolled(traced: TracedValueAndGrad, decoupled: bool, amsgrad: bool) -> Cal
         return (x, *state, health, lowest)
 
     return steps
+
+
+def cxx_available() -> bool:
+    """Whether TorchInductor can find a C++ compiler here ($CXX, else g++, c++ or clang++)."""
+    names = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "c++", "clang++"]
+    return any(shutil.which(name) for name in names)
 
 
 def compile_chunk(traced: TracedValueAndGrad, rows: torch.Tensor, update: FusedAdam) -> CompiledChunk:

@@ -377,9 +377,10 @@ def test_a_long_adam_run_is_compiled_after_it_and_the_next_one_uses_the_kernel(m
     """The first long run asks for a compile, which starts once it has answered; /metrics counts
     it; the next run uses the kernel and ends within 1e-7 of torch.optim's loop."""
     client = make_client(compile=True, compile_min_steps=100)
+    starts = [[1.0, 0.0], [-4.0, 0.0], [4.0, 0.0], [0.5, -1.5]]
     body = {
         "objective": "himmelblau",
-        "starts": [[1.0, 0.0], [-4.0, 0.0], [4.0, 0.0], [0.5, -1.5]],
+        "starts": starts,
         "optimizer": {"name": "adam", "lr": 0.01},
         "steps": 400,
         "record_every": 200,
@@ -393,7 +394,7 @@ def test_a_long_adam_run_is_compiled_after_it_and_the_next_one_uses_the_kernel(m
     adam = OPTIMIZERS.get("adam")
     settings = {**adam.defaults(), "lr": 0.01}
     himmelblau = OBJECTIVES.get("himmelblau").fn
-    for before, after, start in zip(first, second, body["starts"], strict=True):
+    for before, after, start in zip(first, second, starts, strict=True):
         expected = independent_loop(adam, settings, himmelblau, torch.tensor(start, dtype=torch.float64), 400)
         torch.testing.assert_close(from_wire(after["x"]), expected, rtol=0, atol=1e-7)
         torch.testing.assert_close(from_wire(before["x"]), expected, rtol=0, atol=1e-7)

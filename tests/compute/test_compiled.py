@@ -56,7 +56,9 @@ def test_compiled_runs_equal_independent_loops(
         assert run.trajectory.step == [0, 500, 1_000]
 
 
-def test_the_kernel_is_used_for_every_learning_rate(compiled: dict[str, ChunkCompiler]) -> None:
+def test_the_kernel_is_used_for_every_learning_rate(
+    compiled: dict[str, ChunkCompiler], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Hyper-parameters are kernel inputs: another learning rate finds the compiled chunk."""
     spec = OPTIMIZERS.get("adam")
     compiler = compiled["adam"]
@@ -68,12 +70,9 @@ def test_the_kernel_is_used_for_every_learning_rate(compiled: dict[str, ChunkCom
         calls.append(found is not None)
         return found
 
-    compiler.chunk = counting  # type: ignore[method-assign]
-    try:
-        settings = {**spec.defaults(), "lr": 0.003}
-        outcome = optimize(HIMMELBLAU, STARTS, [(spec, settings)], Schedule(300, 300), compiler)
-    finally:
-        del compiler.chunk
+    monkeypatch.setattr(compiler, "chunk", counting)
+    settings = {**spec.defaults(), "lr": 0.003}
+    outcome = optimize(HIMMELBLAU, STARTS, [(spec, settings)], Schedule(300, 300), compiler)
     assert calls and all(calls)
     expected = independent_loop(spec, settings, HIMMELBLAU.fn, STARTS[2], 300)
     torch.testing.assert_close(outcome.runs()[2].x, expected, rtol=0, atol=1e-7)
