@@ -21,9 +21,6 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 aten = torch.ops.aten
 
-ValueAndGrad = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-"""Maps parameters [N, d] to (values [N], gradients [N, d])."""
-
 # ATen overloads whose torch-level function takes the same arguments and dispatches to them,
 # skipping the overload object's Python layer.
 _FASTER: dict[Any, Callable[..., Any]] = {
