@@ -3,8 +3,9 @@ evaluate the same objective thousands of times.
 
 ``make_fx`` records what autograd computes for one evaluation (the forward ops and the backward
 formulas autograd itself would run) as a graph of ATen calls. The graph is then simplified by
-rewrites that change no bit of any result (``x ** 1`` is ``x``, ``x ** 2`` is ``x * x``, a
-product with the all-ones seed of the backward pass is the other factor) and replayed without
+rewrites that change no value of any result, at most the sign of a zero (``x ** 1`` is ``x``,
+``x ** 2`` is ``x * x``, a product with the all-ones seed of the backward pass is the other
+factor) and replayed without
 the autograd engine, which costs most of a small evaluation's time. The user's expression is
 evaluated by the expression interpreter during tracing only; the graph holds ATen calls alone.
 """
@@ -209,7 +210,8 @@ def _stack_select_backwards(
 
     Each ``select_backward`` makes a zero tensor of the input's shape and writes one slice; their
     sum adds zeros everywhere else. Summing each index's slices in the same order and stacking
-    the sums gives the same numbers with a fraction of the calls.
+    the sums gives the same numbers with a fraction of the calls (a zero's sign aside: the old
+    sum turned -0.0 + 0.0 into 0.0).
     """
     leaves: list[torch.fx.Node] = []
 
