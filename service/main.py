@@ -84,6 +84,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifecycle.install_drain_handler(settings.drain_s)
         app.state.readiness = "ready"
         yield
+        if app.state.chunk_compiler is not None:
+            app.state.chunk_compiler.shutdown()
 
     app = FastAPI(
         title="Gradient Service",

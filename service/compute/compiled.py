@@ -33,12 +33,15 @@ import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from service.compute.optimizers import FusedAdam
-from service.compute.traced import TracedValueAndGrad
+from service.compute.traced import TRACING, TracedValueAndGrad
 
 logger = logging.getLogger(__name__)
 
 CHUNK = 16
 """Steps per kernel call."""
+
+_MOST_PENDING = 2
+"""Compiles queued or under way at once; cases asked for beyond that are asked for again later."""
 
 Outcome = Callable[[str, float], None]
 """Told ``("compiled" | "failed", seconds)`` after each compile."""
@@ -84,7 +87,8 @@ class CompiledChunk:
         self, calls: int, rows: torch.Tensor, update: FusedAdam, tolerance: float | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``calls`` x ``CHUNK`` steps of ``rows`` and ``update``'s state, in place. Returns the
-        sum of every value and gradient seen (non-finite once one is), and whether a gradient
+        sum of every value and gradient seen times zero (NaN once one is not finite; large finite
+        values cannot overflow it), and whether a gradient
         norm reached ``tolerance``."""
         state = [update.exp_avg, update.exp_avg_sq, *update.max_exp_avg_sq, update.step]
         inputs, hyper = [rows, *state], _hyper(update, rows)
@@ -121,7 +125,7 @@ def _unrolled(traced: TracedValueAndGrad, decoupled: bool, amsgrad: bool) -> Cal
         lowest = torch.full((), torch.inf, dtype=x.dtype, device=x.device)
         for _ in range(CHUNK):
             values, grad = graph(x)
-            health = health + values.sum() + grad.sum()
+            health = health + (values * 0).sum() + (grad * 0).sum()  # NaN once one is not finite
             lowest = torch.minimum(lowest, torch.linalg.vector_norm(grad, dim=-1).min())
             step = step + 1
             if decoupled:
@@ -161,8 +165,9 @@ def compile_chunk(traced: TracedValueAndGrad, rows: torch.Tensor, update: FusedA
     state = [update.exp_avg, update.exp_avg_sq, *update.max_exp_avg_sq, update.step]
     inputs = [rows.detach(), *[tensor.clone() for tensor in state], *_hyper(update, rows)]
     function = _unrolled(traced, key.decoupled, key.amsgrad)
-    with torch.no_grad():
+    with TRACING, torch.no_grad():
         graph = make_fx(function, tracing_mode="fake", _allow_non_fake_inputs=True)(*inputs)
+    with torch.no_grad():
         kernel = compile_fx(graph, inputs)
     assert callable(kernel)
     return CompiledChunk(kernel)
@@ -202,11 +207,13 @@ class ChunkCompiler:
         """Start compiling, in the background, the cases asked for since the last call."""
         with self._lock:
             for key, (traced, rows, update) in self._wanted.items():
-                if key not in self._chunks:
+                pending = sum(not future.done() for future in self._chunks.values())
+                if key not in self._chunks and pending < _MOST_PENDING:
                     self._chunks[key] = self._executor.submit(self._compile, traced, rows, update)
             self._wanted.clear()
             while len(self._chunks) > self.capacity:
-                self._chunks.popitem(last=False)
+                _, evicted = self._chunks.popitem(last=False)
+                evicted.cancel()
 
     def _compile(self, traced: TracedValueAndGrad, rows: torch.Tensor, update: FusedAdam) -> CompiledChunk:
         started = time.monotonic()
@@ -222,6 +229,10 @@ class ChunkCompiler:
     def _tell(self, outcome: str, seconds: float) -> None:
         if self.on_outcome is not None:
             self.on_outcome(outcome, seconds)
+
+    def shutdown(self) -> None:
+        """Drop the compiles not started yet; one under way finishes in the background."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
     def compiled(self) -> int:
         """How many cases have a kernel ready."""

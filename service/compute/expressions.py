@@ -245,9 +245,14 @@ class _Compiler:
         if isinstance(node.op, ast.Pow) and isinstance(node.right, ast.Constant):
             # A number exponent stays a number, as in torch code: ``x ** 2`` then runs as x * x,
             # and its derivative as 2 * x, rather than through pow with a tensor exponent.
-            self.constant(node.right)  # refuses what is not a number
+            tensor_exponent = self.constant(node.right)  # refuses what is not a number
             exponent = _as_float(node.right.value, node.right)  # type: ignore[arg-type]
-            return lambda env: self.checked(node, op, left(env), exponent)
+
+            def power(env: Env) -> torch.Tensor:
+                base = left(env)  # a boolean or integer base keeps the tensor exponent's promotion
+                return self.checked(node, op, base, exponent if base.dtype == self.dtype else tensor_exponent(env))
+
+            return power
         right = self.expression(node.right)
         return lambda env: self.checked(node, op, left(env), right(env))
 

@@ -86,6 +86,8 @@ class RunGroup:
     stopped: torch.Tensor
     """Indices into STOP_REASONS."""
     records: list[Record] = field(default_factory=list)
+    first_start: int = 0
+    """The start of the first row (a group of one start, while it runs, is any start)."""
 
     @classmethod
     def starting(cls, optimizer: int, x0: torch.Tensor) -> RunGroup:
@@ -260,8 +262,8 @@ def optimize(
         else:
             rows = [starts[start : start + 1] for start in range(len(starts))]
         parts = [
-            _run_group(_AutogradStepper(objective, part, spec, settings, schedule), part, index, schedule)
-            for part in rows
+            _run_group(_AutogradStepper(objective, part, spec, settings, schedule), part, index, schedule, first)
+            for first, part in zip(range(0, len(starts), len(rows[0])), rows, strict=True)
         ]
         groups.append(RunGroup.joined(parts))
     if compiler is not None:
@@ -346,7 +348,8 @@ class _TracedStepper:
         self, count: int, active: torch.Tensor | None, tolerance: float | None, frozen: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``count`` steps of the runs in ``active`` (None: all), the others held at ``frozen``;
-        returns the sum of every value and gradient seen (non-finite once one is), and whether a
+        returns the sum of every value and gradient seen times zero (NaN once one is not finite,
+        and no overflow of large finite ones), and whether a
         gradient norm reached ``tolerance``. No host synchronisation: a GPU runs ahead."""
         rows, update, traced = self.rows.detach(), self.update, self.traced
         if active is None and count % CHUNK == 0 and isinstance(update, FusedAdam):
@@ -359,7 +362,7 @@ class _TracedStepper:
         for _ in range(count):
             values, grads = traced(rows)
             seen_values, seen_grads = (values, grads) if watched is None else (values[watched], grads[watched])
-            health += seen_values.sum() + seen_grads.sum()
+            health += (seen_values * 0).sum() + (seen_grads * 0).sum()  # NaN once one is not finite
             if tolerance is not None:
                 near |= (torch.linalg.vector_norm(seen_grads, dim=-1) <= tolerance).any()
             update(grads)
@@ -470,9 +473,12 @@ _SKIP_STEPS = 64
 
 
 @torch.no_grad()
-def _run_group(stepper: _Stepper, starts: torch.Tensor, optimizer_index: int, schedule: Schedule) -> RunGroup:
+def _run_group(
+    stepper: _Stepper, starts: torch.Tensor, optimizer_index: int, schedule: Schedule, first_start: int = 0
+) -> RunGroup:
     rows = stepper.rows
     group = RunGroup.starting(optimizer_index, starts)
+    group.first_start = first_start
     active = torch.ones(len(starts), dtype=torch.bool, device=rows.device)
     steps, record_every, tolerance = schedule.steps, schedule.record_every, schedule.tolerance
     frozen = rows.detach().clone()

@@ -12,6 +12,7 @@ evaluated by the expression interpreter during tracing only; the graph holds ATe
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -21,6 +22,9 @@ import torch.fx
 from torch.fx.experimental.proxy_tensor import make_fx
 
 aten = torch.ops.aten
+
+TRACING = threading.Lock()
+"""make_fx patches module-level state while it traces: one trace at a time in a process."""
 
 # ATen overloads whose torch-level function takes the same arguments and dispatches to them,
 # skipping the overload object's Python layer.
@@ -80,7 +84,7 @@ def trace_value_and_grad(
 
     # Fake tensors: shapes flow but no numbers, so a Python branch on a value cannot be baked
     # into the graph; it fails the trace, and the caller falls back to plain autograd.
-    with torch.no_grad():
+    with TRACING, torch.no_grad():
         graph_module = make_fx(joint, tracing_mode="fake", _allow_non_fake_inputs=True)(example)
     _simplify(graph_module)
     graph_module.recompile()
@@ -185,7 +189,7 @@ def _rewrite(
                 node.replace_all_uses_with(constant(value, node))
     elif target is aten.pow.Tensor_Scalar and args[1] in (1, 1.0) and _same_layout(node, args[0]):
         node.replace_all_uses_with(args[0])  # type: ignore[arg-type]
-    elif target is aten.pow.Tensor_Scalar and args[1] in (2, 2.0):
+    elif target is aten.pow.Tensor_Scalar and args[1] in (2, 2.0) and _same_layout(node, args[0]):
         node.target, node.args = aten.mul.Tensor, (args[0], args[0])  # torch computes x ** 2 as x * x
     elif target is aten.mul.Tensor and any(_is_ones(a) and _same_layout(node, b) for a, b in (args, args[::-1])):
         node.replace_all_uses_with(args[1] if _is_ones(args[0]) else args[0])  # type: ignore[arg-type]

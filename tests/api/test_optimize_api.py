@@ -398,3 +398,28 @@ def test_a_long_adam_run_is_compiled_after_it_and_the_next_one_uses_the_kernel(m
         expected = independent_loop(adam, settings, himmelblau, torch.tensor(start, dtype=torch.float64), 400)
         torch.testing.assert_close(from_wire(after["x"]), expected, rtol=0, atol=1e-7)
         torch.testing.assert_close(from_wire(before["x"]), expected, rtol=0, atol=1e-7)
+
+
+def test_streamed_progress_of_runs_made_start_by_start_names_each_start(client: AppClient) -> None:
+    body = {"objective": "himmelblau", "starts": [[1, 0], [-4, 0]], "optimizer": "lbfgs", "steps": 2, "record_every": 1}
+    response = client.post("/v1/optimize", json=body, headers={"accept": "text/event-stream"})
+    progress = [data for kind, data in parse_events(response.text) if kind == "progress"]
+    assert {run["start"] for data in progress for run in data["runs"]} == {0, 1}
+
+
+def test_a_boolean_base_keeps_its_promotion_under_a_number_exponent(client: AppClient) -> None:
+    """(x > 0) ** 2 is a float tensor, as with a tensor exponent: the run is traced and equals autograd."""
+    expression = "(x[0] > 0) ** 2 - (x[1] < 0) ** 2 + sum(x ** 2)"
+    body = {
+        "objective": {"expression": expression, "variable": "x"},
+        "starts": [[1.0, -2.0], [-0.5, 0.5]],
+        "optimizer": {"name": "sgd", "lr": 0.1},
+        "steps": 5,
+        "record_every": 5,
+        "dtype": "float64",
+    }
+    runs = client.post("/v1/optimize", json=body).json()["runs"]
+    for run, start in zip(runs, body["starts"], strict=True):  # type: ignore[call-overload]
+        expected = torch.tensor(start, dtype=torch.float64) * 0.8**5  # the indicator terms have no gradient
+        torch.testing.assert_close(from_wire(run["x"]), expected, rtol=0, atol=1e-12)
+    assert runs[0]["value"] == pytest.approx(1.0 - 1.0 + float((torch.tensor([1.0, -2.0]) * 0.8**5).square().sum()))

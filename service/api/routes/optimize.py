@@ -183,7 +183,7 @@ async def optimize(request: Request) -> Response:
                     "x": ctx.wire(x),
                     "value": scalar_to_wire(value),
                 }
-                for start, (x, value) in enumerate(zip(group.x, group.value.tolist(), strict=True))
+                for start, (x, value) in enumerate(zip(group.x, group.value.tolist(), strict=True), group.first_start)
             ]
             try:  # a full buffer means a slow reader: drop this event rather than pile them up
                 anyio.from_thread.run_sync(events.send_nowait, _event("progress", {"step": step, "runs": state}))
@@ -202,7 +202,8 @@ async def optimize(request: Request) -> Response:
             trajectories=body.report == "runs",
         )
         with torch_errors("the optimisation"):
-            outcome = engine.optimize(objective, starts, optimizers, schedule, request.app.state.chunk_compiler)
+            compiler = getattr(request.app.state, "chunk_compiler", None)  # set by the lifespan
+            outcome = engine.optimize(objective, starts, optimizers, schedule, compiler)
         if not streamed and any("deadline" in group.reasons() for group in outcome.groups):
             done = sum(int(group.steps.sum()) for group in outcome.groups)
             raise DeadlineExceeded(
