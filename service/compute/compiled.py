@@ -33,7 +33,7 @@ import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from service.compute.optimizers import FusedAdam
-from service.compute.traced import TRACING, TracedValueAndGrad
+from service.compute.traced import TRACING, TracedValueAndGrad, finite_probe
 
 logger = logging.getLogger(__name__)
 
@@ -60,13 +60,9 @@ class _Key:
 def _key(traced: TracedValueAndGrad, rows: torch.Tensor, update: FusedAdam) -> _Key:
     """What the kernel depends on: the graph's code and constants, the shape, and the variant."""
     digest = hashlib.sha256(traced.graph_module.code.encode())
-    for name, value in sorted(traced.graph_module.named_buffers()):
+    for name, value in sorted(traced.graph_module.named_buffers()):  # every constant is a buffer
         digest.update(name.encode())
         digest.update(value.detach().cpu().numpy().tobytes())
-    for name, value in sorted(vars(traced.graph_module).items()):
-        if name.startswith("_tensor_constant") and isinstance(value, torch.Tensor):
-            digest.update(name.encode())
-            digest.update(value.detach().cpu().numpy().tobytes())
     return _Key(
         digest.hexdigest(),
         tuple(rows.shape),
@@ -87,9 +83,8 @@ class CompiledChunk:
         self, calls: int, rows: torch.Tensor, update: FusedAdam, tolerance: float | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``calls`` x ``CHUNK`` steps of ``rows`` and ``update``'s state, in place. Returns the
-        sum of every value and gradient seen times zero (NaN once one is not finite; large finite
-        values cannot overflow it), and whether a gradient
-        norm reached ``tolerance``."""
+        sum of ``finite_probe`` over the steps (NaN once a value or gradient is not finite), and
+        whether a gradient norm reached ``tolerance``."""
         state = [update.exp_avg, update.exp_avg_sq, *update.max_exp_avg_sq, update.step]
         inputs, hyper = [rows, *state], _hyper(update, rows)
         health = torch.zeros((), dtype=rows.dtype, device=rows.device)
@@ -125,7 +120,7 @@ def _unrolled(traced: TracedValueAndGrad, decoupled: bool, amsgrad: bool) -> Cal
         lowest = torch.full((), torch.inf, dtype=x.dtype, device=x.device)
         for _ in range(CHUNK):
             values, grad = graph(x)
-            health = health + (values * 0).sum() + (grad * 0).sum()  # NaN once one is not finite
+            health = health + finite_probe(values, grad)
             lowest = torch.minimum(lowest, torch.linalg.vector_norm(grad, dim=-1).min())
             step = step + 1
             if decoupled:

@@ -24,7 +24,7 @@ import torch
 
 from service.compute.compiled import CHUNK, ChunkCompiler, CompiledChunk
 from service.compute.optimizers import FusedAdam, OptimizerSpec
-from service.compute.traced import TracedValueAndGrad, trace_value_and_grad
+from service.compute.traced import TracedValueAndGrad, finite_probe, trace_value_and_grad
 from service.errors import InvalidInput, LimitExceeded
 
 logger = logging.getLogger(__name__)
@@ -348,9 +348,9 @@ class _TracedStepper:
         self, count: int, active: torch.Tensor | None, tolerance: float | None, frozen: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``count`` steps of the runs in ``active`` (None: all), the others held at ``frozen``;
-        returns the sum of every value and gradient seen times zero (NaN once one is not finite,
-        and no overflow of large finite ones), and whether a
-        gradient norm reached ``tolerance``. No host synchronisation: a GPU runs ahead."""
+        returns the sum of ``finite_probe`` over the steps (NaN once a value or gradient is not
+        finite), and whether a gradient norm reached ``tolerance``. No host synchronisation: a
+        GPU runs ahead."""
         rows, update, traced = self.rows.detach(), self.update, self.traced
         if active is None and count % CHUNK == 0 and isinstance(update, FusedAdam):
             chunk = self.chunk or self._compiled()
@@ -362,7 +362,7 @@ class _TracedStepper:
         for _ in range(count):
             values, grads = traced(rows)
             seen_values, seen_grads = (values, grads) if watched is None else (values[watched], grads[watched])
-            health += (seen_values * 0).sum() + (seen_grads * 0).sum()  # NaN once one is not finite
+            health += finite_probe(seen_values, seen_grads)
             if tolerance is not None:
                 near |= (torch.linalg.vector_norm(seen_grads, dim=-1) <= tolerance).any()
             update(grads)
@@ -488,7 +488,7 @@ def _run_group(
     while True:
         values, grads = stepper.evaluate()
         # One cheap test per step; the exact per-run checks run only when something may stop.
-        suspicious = not math.isfinite(float(values.sum() + grads.sum()))
+        suspicious = not math.isfinite(float(finite_probe(values, grads)))
         norms = torch.linalg.vector_norm(grads, dim=-1) if tolerance is not None else None
         converged = norms is not None and tolerance is not None and bool((norms[active] <= tolerance).any())
         end = _MAX_STEPS if step == steps else _DEADLINE if schedule.out_of_time() else None

@@ -91,6 +91,12 @@ def trace_value_and_grad(
     return TracedValueAndGrad(graph_module)
 
 
+def finite_probe(values: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    """0 while every value and gradient is finite, NaN once one is not. Each is multiplied by
+    zero before summing, so large finite values cannot overflow the sum into a false alarm."""
+    return (values * 0).sum() + (grads * 0).sum()
+
+
 class TracedValueAndGrad:
     """Replays a traced graph: ``traced(x)`` is ``(values, grad)``. It records nothing for
     autograd as long as ``x`` does not require grad (or grad mode is off)."""
