@@ -422,6 +422,17 @@
     if (names.some(([value]) => value === chosen)) select.value = chosen;
   }
 
+  /** Load catalog `kind` into `tab.items`, list it in the select `selectId` (entry `label`s,
+   *  `chosen` first picked), and have the tab choose again whenever the select changes. */
+  async function catalogSelect(tab, kind, selectId, label, chosen) {
+    const entries = (await catalog(kind))[kind];
+    tab.items = new Map(entries.map((entry) => [entry.name, entry]));
+    const select = $(selectId);
+    fillSelect(select, entries.map((entry) => [entry.name, label(entry)]), chosen);
+    select.addEventListener("change", () => tab.choose(select.value));
+    return select;
+  }
+
   /** Recompute (debounced) whenever anything in `form` changes; Enter does it at once. */
   function liveForm(form, run, ignore = []) {
     const changed = (event) => {
@@ -446,15 +457,8 @@
     elementwise: true,
 
     async start() {
-      const { activations } = await catalog("activations");
-      this.items = new Map(activations.map((a) => [a.name, a]));
-      const select = $("activation-name");
-      fillSelect(
-        select,
-        activations.map((a) => [a.name, a.elementwise ? a.name : `${a.name} (not elementwise)`]),
-        "gelu",
-      );
-      select.addEventListener("change", () => this.choose(select.value));
+      const label = (a) => (a.elementwise ? a.name : `${a.name} (not elementwise)`);
+      const select = await catalogSelect(this, "activations", "activation-name", label, "gelu");
       liveForm($("activation-form"), this.run, [select]);
       this.choose(select.value);
     },
@@ -597,15 +601,7 @@
     mode: "float",
 
     async start() {
-      const { losses } = await catalog("losses");
-      this.items = new Map(losses.map((l) => [l.name, l]));
-      const select = $("loss-name");
-      fillSelect(
-        select,
-        losses.map((l) => [l.name, l.name]),
-        "binary_cross_entropy",
-      );
-      select.addEventListener("change", () => this.choose(select.value));
+      const select = await catalogSelect(this, "losses", "loss-name", (l) => l.name, "binary_cross_entropy");
       $("loss-others").addEventListener("input", () => this.classes());
       $("loss-target").addEventListener("input", () => this.showTarget());
       liveForm($("loss-form"), this.run, [select]);
