@@ -371,7 +371,7 @@ class _TracedStepper:
         return health, near
 
     def _compiled(self) -> CompiledChunk | None:
-        if self.compiler is None or not isinstance(self.update, FusedAdam):
+        if self.compiler is None or not isinstance(self.update, FusedAdam):  # narrows for mypy
             return None
         self.chunk = self.compiler.chunk(self.traced, self.rows.detach(), self.update, self.planned_steps)
         if self.chunk is None and self.compiler.min_steps > self.planned_steps:
