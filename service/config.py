@@ -46,6 +46,10 @@ class Settings(BaseSettings):
     max_queue: int = Field(64, ge=0, description="Computations allowed to wait for a slot; beyond, 503.")
     api_keys: str = Field("", description="Comma-separated API keys; when set, /v1/* needs a Bearer key.")
     cors_origins: str = Field("", description="Comma-separated allowed origins for browsers.")
+    opentelemetry: bool = Field(
+        False,
+        description="FastAPI's native OpenTelemetry traces, metrics and logs, to the globally configured providers.",
+    )
     log_level: Literal["debug", "info", "warning", "error", "critical"] = Field("info", description="Log level.")
     log_format: Literal["json", "text"] = Field("text", description="Log lines as JSON objects or text.")
     access_log: bool = Field(True, description="One log line per request, with its X-Request-ID.")

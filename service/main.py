@@ -21,6 +21,7 @@ from service.api.middleware import GZIP_LEVEL, BodyLimitMiddleware, GZipIfAccept
 from service.api.observability import Metrics, RequestMiddleware
 from service.api.pool import ComputePool
 from service.api.routes import ROUTERS
+from service.api.routing import ComputeLane, RequestRoute
 from service.compute.activations import ACTIVATIONS, evaluate_activation
 from service.compute.compiled import ChunkCompiler, cxx_available
 from service.compute.traced import trace_value_and_grad
@@ -52,7 +53,16 @@ def warm_up() -> None:
         )
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+class GradientService(FastAPI):
+    """The FastAPI application with its settings as a plain attribute, which routes read on every
+    request (``app.state`` answers only after a failed attribute lookup)."""
+
+    def __init__(self, settings: Settings, **options: Any) -> None:
+        super().__init__(**options)
+        self.settings = settings
+
+
+def create_app(settings: Settings | None = None) -> GradientService:
     """Build the application from ``settings`` (read from GRADIENT_* variables when omitted)."""
     settings = settings or Settings()
 
@@ -87,14 +97,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if app.state.chunk_compiler is not None:
             app.state.chunk_compiler.shutdown()
 
-    app = FastAPI(
+    app = GradientService(
+        settings,
         title="Gradient Service",
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        # Off unless asked for: even with no OpenTelemetry provider configured, FastAPI looks
+        # for one (in the environment) on every request.
+        telemetry=None if settings.opentelemetry else {"tracing": False, "metrics": False, "logs": False},
     )
     metrics = Metrics()
-    app.state.settings = settings
     app.state.metrics = metrics
     app.state.readiness = "starting"
     # The routes carry their full paths and tags already. Adding them directly, rather than through
@@ -110,6 +123,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
     # Innermost first: the last one added sees the request first.
+    if not settings.opentelemetry:  # FastAPI's spans are named by its router, which the lane skips
+        compute_routes = [route for route in app.router.routes if isinstance(route, RequestRoute)]
+        app.add_middleware(ComputeLane, routes=compute_routes, handlers=app.exception_handlers)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(GZipIfAccepted, minimum_size=settings.gzip_min_bytes, compresslevel=GZIP_LEVEL)
     if settings.api_key_list():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,10 +60,15 @@ class ComputeContext:
 
     def meta(self) -> dict[str, Any]:
         return {
-            "device": str(self.device),
+            "device": device_name(self.device),
             "dtype": tensors.DTYPE_NAMES[self.dtype],
             "elapsed_ms": round((time.perf_counter() - self.started) * 1000, 3),
         }
+
+
+@functools.cache
+def device_name(device: torch.device) -> str:
+    return str(device)
 
 
 def expression_limits(settings: Settings) -> Limits:

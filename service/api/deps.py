@@ -12,7 +12,7 @@ from service.config import Settings
 def settings_of(request: Request) -> Settings:
     """The app's settings; compute routes call this directly rather than as a dependency,
     which FastAPI would solve on every request."""
-    settings: Settings = request.app.state.settings
+    settings: Settings = request.app.settings
     return settings
 
 

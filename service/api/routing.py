@@ -1,13 +1,19 @@
-"""``RequestRoute``: the route class of the compute endpoints, which read their own bodies."""
+"""``RequestRoute``, the route class of the compute endpoints, which read their own bodies, and
+``ComputeLane``, which serves them without the framework's inner layers."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
-from starlette.types import Receive, Scope, Send
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+ExceptionHandler = Callable[[Request, Any], Response | Awaitable[Response]]
+"""What ``app.exception_handlers`` holds for HTTP requests."""
 
 
 class RequestRoute(APIRoute):
@@ -37,3 +43,57 @@ class RequestRoute(APIRoute):
     async def serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         response: Response = await self.endpoint(request=Request(scope, receive, send), **scope["path_params"])
         await response(scope, receive, send)
+
+
+class ComputeLane:
+    """The innermost middleware: a request that fully matches one of ``routes`` is served here,
+    its exceptions answered by ``handlers`` (the app's, looked up by class as Starlette does).
+
+    Everything else goes on to ``app``: Starlette's exception middleware, FastAPI's exit stack,
+    the router and its route, four layers with nothing to do for a compute route that together
+    cost a small request about a tenth of its time. A method a route does not take (a partial
+    match) goes on too, for the router's 405.
+    """
+
+    def __init__(self, app: ASGIApp, routes: Sequence[RequestRoute], handlers: Mapping[Any, ExceptionHandler]) -> None:
+        self.app = app
+        self.routes = tuple(routes)
+        # As in Starlette, the catch-all is not among them: unexpected errors go up, to the
+        # middleware that answers them with a logged 500.
+        self.handlers = {
+            key: value for key, value in handlers.items() if isinstance(key, type) and key is not Exception
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            for route in self.routes:
+                match, child_scope = route.matches(scope)
+                if match is Match.FULL:
+                    scope.update(child_scope)
+                    await self._serve(route, scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+    async def _serve(self, route: RequestRoute, scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            await route.serve(scope, receive, tracking_send)
+        except Exception as exc:
+            handler = self._handler_for(exc)
+            if handler is None or started:  # nothing can be answered now: let the outer layers see it
+                raise
+            answer = handler(Request(scope, receive), exc)
+            response = await answer if inspect.isawaitable(answer) else answer
+            await response(scope, receive, send)
+
+    def _handler_for(self, exc: Exception) -> ExceptionHandler | None:
+        for cls in type(exc).__mro__:
+            if cls in self.handlers:
+                return self.handlers[cls]
+        return None

@@ -241,7 +241,7 @@ def evaluate_activation(
     with torch_errors(spec.name):
         grad_output = _checked_grad_output(grad_output, x, spec)
         if spec.backward is not None:
-            output = fn(x)
+            output = spec.fn(x, **params)
             grad = spec.backward(torch.ones_like(output) if grad_output is None else grad_output, x, output, params)
         else:
             output, grad = value_and_vjp(fn, x, grad_output)

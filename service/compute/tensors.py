@@ -234,8 +234,7 @@ def decode(
     if kind == "float" and dtype in NUMPY_DTYPES and _is_flat_number_list(value):
         # The common small case: numpy casts float64 to float32 as torch would, for less overhead.
         budget.take(len(value), where)
-        with np.errstate(over="ignore"):  # past float32's range is infinity, as torch's cast gives
-            flat = torch.from_numpy(np.array(value, dtype=np.float64).astype(NUMPY_DTYPES[dtype], copy=False))
+        flat = torch.from_numpy(_flat_array(value, NUMPY_DTYPES[dtype]))
         return flat if device.type == "cpu" else flat.to(device)
     if isinstance(value, dict):
         tensor = _decode_encoded(value, where, kind)
@@ -326,6 +325,19 @@ def _decode_lazy(lazy: LazyArray, where: str, kind: Kind) -> torch.Tensor:
         flat = torch.frombuffer(buffer, dtype=torch.int64 if kind == "index" else torch.float64)
         return flat.reshape(lazy.shape)
     return _decode_nested(lazy.array.as_list(), where, kind)
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _flat_array(values: list[float | int], dtype: type[np.floating[Any]]) -> np.ndarray[Any, Any]:
+    """A flat list of numbers as a numpy array of ``dtype``, each number rounded once, as torch
+    rounds. Past float32's range is infinity, as torch's cast gives; only then does numpy need
+    telling not to warn, which costs a small request more than the conversion itself."""
+    if dtype is np.float32 and values and not -FLOAT32_MAX <= min(values) <= max(values) <= FLOAT32_MAX:
+        with np.errstate(over="ignore"):
+            return np.array(values, dtype=np.float64).astype(np.float32)
+    return np.array(values, dtype=dtype)
 
 
 def _is_flat_number_list(value: Any) -> bool:
@@ -432,8 +444,9 @@ def encode(tensor: torch.Tensor, encoding: Encoding) -> Any:
 
     float32 and float64 keep their dtype; booleans and other integers become int64.
     """
-    tensor = tensor.detach()
-    if tensor.device.type != "cpu":
+    if tensor.requires_grad:
+        tensor = tensor.detach()
+    if not tensor.is_cpu:
         tensor = tensor.cpu()
     if tensor.dtype not in DTYPE_NAMES:
         tensor = tensor.to(torch.float64 if tensor.is_floating_point() else torch.int64)

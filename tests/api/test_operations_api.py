@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -256,3 +258,56 @@ def test_the_time_budget_is_checked_when_a_computation_ends(
     monkeypatch.setattr(activations_route, "evaluate_activation", slow)
     error = assert_error(client.post("/v1/activations/sigmoid", json=SIGMOID), 504, "deadline_exceeded")
     assert "ran out; send less" in error["message"]  # not the message of a wait for a slot
+
+
+OPENTELEMETRY_SCRIPT = """
+import anyio, httpx
+from opentelemetry import trace
+from service.config import Settings
+from service.main import create_app
+
+names = []
+
+class RecordingSpan(trace.NonRecordingSpan):
+    def update_name(self, name):
+        names.append(name)
+
+class RecordingTracer(trace.NoOpTracer):
+    def start_span(self, name, *args, **kwargs):
+        names.append(name)
+        return RecordingSpan(trace.INVALID_SPAN_CONTEXT)
+
+    def start_as_current_span(self, name, *args, **kwargs):
+        names.append(name)
+        return super().start_as_current_span(name, *args, **kwargs)
+
+class RecordingProvider(trace.TracerProvider):  # FastAPI ignores a no-op provider
+    def get_tracer(self, *args, **kwargs):
+        return RecordingTracer()
+
+trace.set_tracer_provider(RecordingProvider())
+
+async def spans(enabled):
+    names.clear()
+    app = create_app(Settings(opentelemetry=enabled, compile=False))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            response = await client.post("/v1/activations/sigmoid", json={"input": [1.0]})
+            assert response.status_code == 200, response.text
+    return sorted(set(names))
+
+print(anyio.run(spans, True), anyio.run(spans, False))
+"""
+
+
+def test_fastapi_opentelemetry_spans_only_when_asked_for() -> None:
+    """GRADIENT_OPENTELEMETRY turns on FastAPI's own instrumentation, which then reports to the
+    configured tracer provider. In a subprocess: the provider is process-wide and set once."""
+    done = subprocess.run(
+        [sys.executable, "-c", OPENTELEMETRY_SCRIPT], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    enabled, disabled = done.stdout.strip().split("] [")
+    assert "POST /v1/activations/{name}" in enabled, done.stdout
+    assert disabled == "]", done.stdout

@@ -200,6 +200,33 @@ def test_float32_is_written_with_its_shortest_repr() -> None:
 finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
 
 
+FLOAT32_EDGE = [
+    tensors.FLOAT32_MAX,
+    -tensors.FLOAT32_MAX,
+    math.nextafter(tensors.FLOAT32_MAX, math.inf),  # rounds down to the largest float32
+    3.4028235677973366e38,  # past the rounding boundary: infinity
+    -1e39,
+    1e-50,  # underflows to zero
+    2**63 + 1,
+    -(2**70) - 12345,
+]
+
+
+@pytest.mark.parametrize("values", [FLOAT32_EDGE, [0.1, 2**40 + 1, -7], FLOAT32_EDGE[:2], []])
+def test_flat_lists_cast_to_float32_as_torch_casts_float64(values: list[float]) -> None:
+    """Each number is rounded once, like torch's cast of the float64 tensor; overflow is infinity."""
+    budget = tensors.ElementBudget(100)
+    tensor = tensors.decode(values, where="input", dtype=torch.float32, device=CPU, budget=budget)
+    assert torch.equal(tensor, torch.tensor(values, dtype=torch.float64).to(torch.float32))
+
+
+@given(st.lists(st.one_of(finite, st.integers(-(2**80), 2**80)), max_size=20))
+def test_any_flat_list_casts_to_float32_as_torch_does(values: list[float]) -> None:
+    budget = tensors.ElementBudget(100)
+    tensor = tensors.decode(values, where="input", dtype=torch.float32, device=CPU, budget=budget)
+    assert torch.equal(tensor, torch.tensor(values, dtype=torch.float64).to(torch.float32))
+
+
 @given(st.lists(st.lists(finite, min_size=3, max_size=3), min_size=1, max_size=80))
 def test_json_round_trip_is_exact_in_float64(rows: list[list[float]]) -> None:
     tensor = decode_value(rows)
