@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10, help="seconds per measured wrk run")
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
-    parser.add_argument("--rounds", type=int, default=2, help="measured runs per server, alternating")
+    parser.add_argument("--rounds", type=int, default=4, help="measured runs per server, alternating")
     parser.add_argument("--warmup", type=int, default=2, help="seconds of unmeasured wrk load per server")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
