@@ -54,12 +54,13 @@ def warm_up() -> None:
 
 
 class GradientService(FastAPI):
-    """The FastAPI application with its settings as a plain attribute, which routes read on every
-    request (``app.state`` answers only after a failed attribute lookup)."""
+    """The FastAPI application with its settings and metrics as plain attributes, which routes
+    read on every request (``app.state`` answers only after a failed attribute lookup)."""
 
     def __init__(self, settings: Settings, **options: Any) -> None:
         super().__init__(**options)
         self.settings = settings
+        self.metrics = Metrics()
 
 
 def create_app(settings: Settings | None = None) -> GradientService:
@@ -107,8 +108,7 @@ def create_app(settings: Settings | None = None) -> GradientService:
         # for one (in the environment) on every request.
         telemetry=None if settings.opentelemetry else {"tracing": False, "metrics": False, "logs": False},
     )
-    metrics = Metrics()
-    app.state.metrics = metrics
+    metrics = app.metrics
     app.state.readiness = "starting"
     # The routes carry their full paths and tags already. Adding them directly, rather than through
     # include_router's nested routers, saves every request a router-by-router match; putting them

@@ -62,7 +62,7 @@ async def compute_response(
     is off, for a stream that reports the deadline in its result)."""
     settings = settings_of(request)
     deadline = request_deadline(request)
-    histogram = request.app.state.metrics.compute_histogram(op)
+    histogram = request.app.metrics.compute_histogram(op)
 
     def job() -> bytes:
         ctx = ComputeContext.of(body, settings)

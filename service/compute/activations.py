@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -242,7 +243,7 @@ def evaluate_activation(
         grad_output = _checked_grad_output(grad_output, x, spec)
         if spec.backward is not None:
             output = spec.fn(x, **params)
-            grad = spec.backward(torch.ones_like(output) if grad_output is None else grad_output, x, output, params)
+            grad = spec.backward(ones_for(output) if grad_output is None else grad_output, x, output, params)
         else:
             output, grad = value_and_vjp(fn, x, grad_output)
         grad2 = None
@@ -253,6 +254,24 @@ def evaluate_activation(
             check_jacobian_size(output.shape, x.shape, max_jacobian_elements)
             jac = jacobian(fn, x)
     return ActivationResult(output, grad, grad2, jac)
+
+
+SMALL_ONES = 64
+"""Inputs up to this many elements share a cached all-ones cotangent (see ``ones_for``)."""
+
+
+def ones_for(output: torch.Tensor) -> torch.Tensor:
+    """All ones shaped like ``output``: the default cotangent. A small CPU one is made once and
+    shared, since the backward kernels only read it; making it costs a small request more than
+    any of its other torch calls."""
+    if output.is_cpu and output.numel() <= SMALL_ONES:
+        return _cached_ones(output.shape, output.dtype)
+    return torch.ones_like(output)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_ones(shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+    return torch.ones(shape, dtype=dtype)
 
 
 def _checked_grad_output(grad_output: torch.Tensor | None, x: torch.Tensor, spec: OpSpec) -> torch.Tensor | None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from service.compute.activations import ACTIVATIONS, evaluate_activation
+from service.compute.activations import ACTIVATIONS, SMALL_ONES, evaluate_activation, ones_for
 from service.compute.registry import OpSpec, Sample
 from service.errors import InvalidInput, LimitExceeded
 
@@ -108,6 +108,24 @@ def test_backward_kernel_equals_autograd(spec: OpSpec, sample: Sample, dtype: to
     direct = spec.backward(grad_output, x, reference.detach(), params)
     # Bitwise, NaN where autograd gives NaN (silu'(inf) is inf * 0, say).
     torch.testing.assert_close(direct, expected, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(("spec", "sample"), BACKWARD_CASES)
+def test_default_cotangent_gives_autograds_gradient(spec: OpSpec, sample: Sample, dtype: torch.dtype) -> None:
+    """Without grad_output the gradient is autograd's VJP with ones, bitwise, whether the ones
+    are the shared small ones or made for a large input; the shared ones stay ones."""
+    params = params_of(spec, sample)
+    small = sample_input(sample).to(dtype)
+    large = torch.linspace(-4, 4, 2 * (SMALL_ONES + 1), dtype=dtype).reshape(2, -1)
+    for x in (small, large, small):
+        reference_input = x.clone().requires_grad_(True)
+        reference = spec.fn(reference_input, **params)
+        (expected,) = torch.autograd.grad(reference, reference_input, torch.ones_like(reference))
+        result = evaluate_activation(spec, x, params, max_jacobian_elements=1)
+        torch.testing.assert_close(result.grad, expected, rtol=0, atol=0, equal_nan=True)
+        assert result.grad.data_ptr() != ones_for(result.output).data_ptr()
+    assert torch.equal(ones_for(small), torch.ones_like(small))
 
 
 def test_common_activations_have_a_backward_kernel() -> None:

@@ -43,7 +43,7 @@ async def readyz(request: Request) -> JSONBytesResponse:
     responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text exposition format."}},
 )
 async def metrics(request: Request) -> Response:
-    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(request.app.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 def _default_device(preference: str) -> str:
