@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -208,8 +207,7 @@ for _name, _fn, _formula, _backward in (
     )
 
 
-@dataclass(frozen=True)
-class ActivationResult:
+class ActivationResult(NamedTuple):
     output: torch.Tensor
     grad: torch.Tensor
     grad2: torch.Tensor | None
