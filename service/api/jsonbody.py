@@ -39,7 +39,7 @@ def raw_header(request: Request, name: bytes) -> bytes | None:
 
 
 def _is_json(content_type: bytes | None) -> bool:
-    media_type = (content_type or b"").partition(b";")[0].strip().lower().decode("latin-1")
+    media_type = (content_type or b"").decode("latin-1").partition(";")[0].strip().lower()
     return media_type == "application/json" or (media_type.startswith("application/") and media_type.endswith("+json"))
 
 

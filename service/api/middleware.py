@@ -7,7 +7,7 @@ from starlette.middleware.gzip import GZipMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.jsonbody import ServiceHTTPError
-from service.api.responses import send_error
+from service.api.responses import StartTrackingSend, send_error
 from service.errors import LimitExceeded
 
 
@@ -50,7 +50,7 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         received = 0
-        started = False
+        tracking_send = StartTrackingSend(send)
 
         async def limited_receive() -> Message:
             nonlocal received
@@ -61,15 +61,10 @@ class BodyLimitMiddleware:
                     raise BodyTooLarge(self.limit)
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
         try:
             await self.app(scope, limited_receive, tracking_send)
         except BodyTooLarge:
-            if not started:
+            if not tracking_send.started:
                 await self._reject(send)
 
     async def _reject(self, send: Send) -> None:

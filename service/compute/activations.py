@@ -260,8 +260,8 @@ SMALL_ONES = 64
 
 def ones_for(output: torch.Tensor) -> torch.Tensor:
     """All ones shaped like ``output``: the default cotangent. A small CPU one is made once and
-    shared, since the backward kernels only read it; making it costs a small request more than
-    any of its other torch calls."""
+    shared, since the backward kernels only read it (tested: it must never reach code that writes
+    into it); making it costs a small request as much as any of its other torch calls."""
     if output.is_cpu and output.numel() <= SMALL_ONES:
         return _cached_ones(output.shape, output.dtype)
     return torch.ones_like(output)
@@ -269,7 +269,7 @@ def ones_for(output: torch.Tensor) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=256)
 def _cached_ones(shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
-    return torch.ones(shape, dtype=dtype)
+    return torch.ones(shape, dtype=dtype, device="cpu")
 
 
 def _checked_grad_output(grad_output: torch.Tensor | None, x: torch.Tensor, spec: OpSpec) -> torch.Tensor | None:

@@ -11,7 +11,9 @@ from typing import Any
 import orjson
 import pytest
 import torch
+from fastapi.responses import JSONResponse
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api.routes import activations as activations_route
 from service.compute import tensors
@@ -23,6 +25,7 @@ from tests.conftest import AppClient, ClientFactory
 from tests.helpers import assert_error
 
 SIGMOID = {"input": [0.5, -0.5]}
+JSON_HEADERS = {"content-type": "application/json"}
 
 
 def samples(client: AppClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -261,6 +264,7 @@ def test_the_time_budget_is_checked_when_a_computation_ends(
 
 
 OPENTELEMETRY_SCRIPT = """
+import json
 import anyio, httpx
 from opentelemetry import trace
 from service.config import Settings
@@ -297,7 +301,7 @@ async def spans(enabled):
             assert response.status_code == 200, response.text
     return sorted(set(names))
 
-print(anyio.run(spans, True), anyio.run(spans, False))
+print(json.dumps({"on": anyio.run(spans, True), "off": anyio.run(spans, False)}))
 """
 
 
@@ -308,6 +312,99 @@ def test_fastapi_opentelemetry_spans_only_when_asked_for() -> None:
         [sys.executable, "-c", OPENTELEMETRY_SCRIPT], capture_output=True, text=True, timeout=120, check=False
     )
     assert done.returncode == 0, done.stderr
-    enabled, disabled = done.stdout.strip().split("] [")
-    assert "POST /v1/activations/{name}" in enabled, done.stdout
-    assert disabled == "]", done.stdout
+    spans = orjson.loads(done.stdout)
+    assert "POST /v1/activations/{name}" in spans["on"], spans
+    assert spans["off"] == [], spans
+
+
+class Teapot(Exception):
+    pass
+
+
+LANE_CASES: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "ok": ("POST", "/v1/activations/softplus", {"json": {"input": [[1.0, -2.0]], "params": {"beta": 2.0}}}),
+    "loss": ("POST", "/v1/losses/mse", {"json": {"input": [1.0, 2.0], "target": [1.5, 2.5]}}),
+    "not json": ("POST", "/v1/activations/sigmoid", {"content": b"input=1"}),
+    "malformed": ("POST", "/v1/activations/sigmoid", {"content": b'{"input": [1,', "headers": JSON_HEADERS}),
+    "off schema": ("POST", "/v1/activations/sigmoid", {"json": {"input": [1.0], "dtype": "float16"}}),
+    "bad param": ("POST", "/v1/activations/softplus", {"json": {"input": [1.0], "params": {"beta": -1}}}),
+    "unknown name": ("POST", "/v1/activations/nope", {"json": {"input": [1.0]}}),
+    "shape mismatch": ("POST", "/v1/losses/mse", {"json": {"input": [1.0, 2.0], "target": [1.0, 2.0, 3.0]}}),
+    "wrong method": ("GET", "/v1/activations/sigmoid", {}),
+    "head": ("HEAD", "/v1/activations/sigmoid", {}),
+    "trailing slash": ("POST", "/v1/activations/sigmoid/", {"json": {"input": [1.0]}}),
+    "status handler": ("POST", "/v1/activations/tanh", {"json": {"input": [1.0]}}),
+    "class handler": ("POST", "/v1/activations/relu", {"json": {"input": [1.0]}}),
+    "unexpected": ("POST", "/v1/activations/elu", {"json": {"input": [1.0]}}),
+}
+
+
+def without_timing(body: Any) -> Any:
+    if isinstance(body, dict) and isinstance(body.get("meta"), dict):
+        return {**body, "meta": {**body["meta"], "elapsed_ms": None}}
+    return body
+
+
+def test_the_compute_lane_answers_as_the_router_does(
+    make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every outcome of a compute route, through the lane (the default) and through FastAPI's
+    router (with OpenTelemetry on, the lane steps aside): the same status, headers and body."""
+
+    def failing(spec: Any, *args: Any, **kwargs: Any) -> Any:
+        if spec.name == "tanh":
+            raise StarletteHTTPException(418, "short and stout", headers={"x-kettle": "on"})
+        if spec.name == "relu":
+            raise Teapot("boiling")
+        if spec.name == "elu":
+            raise KeyError("a bug")
+        return evaluate_activation(spec, *args, **kwargs)
+
+    async def teapot_status(request: Any, exc: Exception) -> JSONResponse:
+        return JSONResponse({"error": {"type": "teapot", "message": "by status"}}, status_code=418)
+
+    async def teapot_class(request: Any, exc: Exception) -> JSONResponse:
+        return JSONResponse({"error": {"type": "teapot", "message": str(exc)}}, status_code=418)
+
+    monkeypatch.setattr(activations_route, "evaluate_activation", failing)
+    answers = []
+    for opentelemetry in (False, True):
+        app = create_app(Settings(opentelemetry=opentelemetry, compile=False))
+        app.add_exception_handler(418, teapot_status)
+        app.add_exception_handler(Teapot, teapot_class)
+        client = AppClient(app)
+        try:
+            answers.append(
+                {
+                    name: (
+                        (response := client.request(method, url, **options)).status_code,
+                        # (the length varies with elapsed_ms; the bodies are compared)
+                        {k: v for k, v in response.headers.items() if k not in {"x-request-id", "content-length"}},
+                        without_timing(response.json()) if response.content else None,
+                    )
+                    for name, (method, url, options) in LANE_CASES.items()
+                }
+            )
+        finally:
+            client.close()
+    lane, router = answers
+    assert lane == router
+    statuses = {name: status for name, (status, _, _) in lane.items()}
+    assert statuses == {
+        "ok": 200,
+        "loss": 200,
+        "not json": 415,
+        "malformed": 400,
+        "off schema": 422,
+        "bad param": 422,
+        "unknown name": 404,
+        "shape mismatch": 400,
+        "wrong method": 405,
+        "head": 405,
+        "trailing slash": 307,
+        "status handler": 418,
+        "class handler": 418,
+        "unexpected": 500,
+    }
+    assert lane["status handler"][2] == {"error": {"type": "teapot", "message": "by status"}}
+    assert lane["class handler"][2] == {"error": {"type": "teapot", "message": "boiling"}}
