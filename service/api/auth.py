@@ -8,6 +8,7 @@ from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.api.deps import raw_header
 from service.api.responses import send_error
 from service.errors import Unauthorized
 
@@ -49,7 +50,7 @@ class ApiKeyMiddleware:
         await send_error(send, 401, error)
 
     def _check(self, scope: Scope) -> Unauthorized | None:
-        header = next((value for key, value in scope["headers"] if key == b"authorization"), None)
+        header = raw_header(scope, b"authorization")
         if header is None:
             return Unauthorized("This server needs an API key: send the header Authorization: Bearer <key>.")
         scheme, _, token = header.partition(b" ")

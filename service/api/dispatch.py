@@ -11,8 +11,7 @@ import torch
 from fastapi import Request
 
 from service.api.context import ComputeContext
-from service.api.deps import settings_of
-from service.api.jsonbody import raw_header
+from service.api.deps import raw_header, settings_of
 from service.api.observability import STARTED_KEY
 from service.api.responses import JSONBytesResponse, dump_json
 from service.api.schemas import ComputeRequest
@@ -33,7 +32,7 @@ def admit(request: Request, inline: bool = True) -> bool:
     hop would cost more than the work). One bound for the compute pool is refused here, before
     its body is read, when the pool is full (503)."""
     settings = settings_of(request)
-    length = raw_header(request, b"content-length")
+    length = raw_header(request.scope, b"content-length")
     if inline and length is not None and length.isdigit() and int(length) <= settings.inline_compute_bytes:
         return True
     request.app.state.compute_pool.check_room()

@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect
 
+from service.api.deps import raw_header
 from service.compute.tensors import parse_json
 from service.errors import ServiceError, UnsupportedMediaType, status_code_for
 
@@ -27,15 +28,6 @@ class ServiceHTTPError(HTTPException):
     def __init__(self, error: ServiceError) -> None:
         super().__init__(status_code=status_code_for(error), detail=error.message)
         self.error = error
-
-
-def raw_header(request: Request, name: bytes) -> bytes | None:
-    """The first value of header ``name`` (lower case), as sent: cheaper than ``request.headers``,
-    which decodes and lower-cases on every lookup."""
-    for key, value in request.scope["headers"]:
-        if key == name:
-            return value  # type: ignore[no-any-return]
-    return None
 
 
 def _is_json(content_type: bytes | None) -> bool:
@@ -58,7 +50,7 @@ async def read_body(request: Request) -> bytes:
 
 async def read_json_body(request: Request, model: type[Model]) -> Model:
     """The request's JSON body as ``model``: 415 if not JSON, 400 if malformed, 422 if off-schema."""
-    if not _is_json(raw_header(request, b"content-type")):
+    if not _is_json(raw_header(request.scope, b"content-type")):
         raise UnsupportedMediaType("Send the body as JSON with the header Content-Type: application/json.")
     tree = parse_json(await read_body(request))
     try:

@@ -26,7 +26,7 @@ class RequestRoute(APIRoute):
     FastAPI still documents it from its signature and ``openapi_extra``. At request time it is
     served by ``serve``: no dependency solving and no exit stacks, which have nothing to do for
     such an endpoint but cost tens of microseconds, a large share of a small request. Exceptions
-    go up to the app's exception middleware and its handlers, as from any route.
+    go up to the app's handlers, through ``ComputeLane`` or Starlette's exception middleware.
     """
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:

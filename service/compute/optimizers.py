@@ -71,13 +71,15 @@ class OptimizerUpdate:
         self.optimizer.step()
 
     def save(self) -> dict[str, Any]:
-        state = self.optimizer.state[self.parameter]
-        return {key: value.clone() if isinstance(value, torch.Tensor) else value for key, value in state.items()}
+        return _copied(self.optimizer.state[self.parameter])
 
     def load(self, saved: dict[str, Any]) -> None:
-        self.optimizer.state[self.parameter] = {
-            key: value.clone() if isinstance(value, torch.Tensor) else value for key, value in saved.items()
-        }
+        self.optimizer.state[self.parameter] = _copied(saved)
+
+
+def _copied(state: Mapping[str, Any]) -> dict[str, Any]:
+    """An optimizer's per-parameter state with its tensors cloned, so neither copy moves the other."""
+    return {key: value.clone() if isinstance(value, torch.Tensor) else value for key, value in state.items()}
 
 
 OPTIMIZERS: Registry[OptimizerSpec] = Registry("optimizer")
