@@ -13,6 +13,7 @@ import anyio.from_thread
 import httpx
 import pytest
 from fastapi import FastAPI
+from hypothesis import HealthCheck, settings
 
 from service.config import Settings
 from service.main import create_app
@@ -20,6 +21,15 @@ from service.main import create_app
 # Background compiles take tens of seconds of CPU; only the tests about them turn them on (for
 # apps built here and servers started from here alike).
 os.environ.setdefault("GRADIENT_COMPILE", "false")
+
+# Hypothesis profiles: "quick" (the default, for CI and local runs) and "thorough" (a nightly-style
+# run: HYPOTHESIS_PROFILE=thorough scripts/test). Tests that set max_examples themselves scale it
+# with examples(n).
+settings.register_profile("quick", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile(
+    "thorough", deadline=None, max_examples=1_000, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "quick"))
 
 
 class AppClient:

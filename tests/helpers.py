@@ -46,3 +46,12 @@ def assert_error(response: httpx.Response, status: int, error_type: str) -> dict
     assert isinstance(body["error"]["message"], str) and body["error"]["message"], body
     error: dict[str, Any] = body["error"]
     return error
+
+
+def examples(quick: int) -> int:
+    """A test's hypothesis example count: ``quick`` in the quick profile, ten times it (at least
+    the profile's own count) in the thorough one."""
+    from hypothesis import settings
+
+    profile = settings()
+    return quick if profile.max_examples <= 100 else max(10 * quick, profile.max_examples)
