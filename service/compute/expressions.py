@@ -280,7 +280,7 @@ class _Compiler:
 
         def transpose(env: Env) -> torch.Tensor:
             tensor = value(env)
-            return tensor.permute(*reversed(range(tensor.dim())))
+            return tensor.permute(tuple(reversed(range(tensor.dim()))))
 
         return transpose
 
