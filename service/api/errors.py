@@ -15,6 +15,9 @@ from service.api.responses import JSONBytesResponse
 from service.errors import ServiceError, status_code_for
 
 logger = logging.getLogger("service.errors")
+REQUEST_ID_KEY = "gradient.request_id"
+"""Where RequestMiddleware keeps the request's id in the ASGI scope."""
+INTERNAL_MESSAGE = "The server failed unexpectedly; this is a bug, please report it with the request_id."
 
 HTTP_ERROR_TYPES = {
     400: "bad_request",
@@ -80,9 +83,17 @@ def _public_error(error: Any) -> dict[str, Any]:
     }
 
 
+def internal_error(scope: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Log the exception being handled as a bug, with the request id, and return the contract's
+    500 body, which carries the same id."""
+    request_id = scope.get(REQUEST_ID_KEY)
+    logger.exception("unhandled error %s (request %s)", where, request_id, extra={"request_id": request_id})
+    return {"error": {"type": "internal_error", "message": INTERNAL_MESSAGE, "request_id": request_id}}
+
+
 async def handle_unexpected(request: Request, exc: Exception) -> JSONBytesResponse:
-    logger.exception("unhandled error on %s %s", request.method, request.url.path)
-    return error_response(500, "internal_error", "The server failed unexpectedly; this is a bug, please report it.")
+    body = internal_error(request.scope, f"on {request.method} {request.url.path}")
+    return JSONBytesResponse(body, status_code=500)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -15,7 +15,7 @@ from prometheus_client.registry import Collector
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.errors import handle_unexpected
+from service.api.errors import REQUEST_ID_KEY, handle_unexpected
 
 access_logger = logging.getLogger("service.access")
 
@@ -23,7 +23,6 @@ REQUEST_ID_HEADER = b"x-request-id"
 _VALID_REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,128}")  # printable ASCII, no spaces
 STARTED_KEY = "gradient.started"
 """Scope key: the request's ``time.monotonic()`` start, from which its time budget runs."""
-REQUEST_ID_KEY = "gradient.request_id"
 CLIENT_CLOSED = 499
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)

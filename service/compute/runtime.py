@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dis
 import functools
+import os
+from types import CodeType
 from typing import Any
 
 import torch
@@ -55,7 +58,12 @@ def out_of_memory(what: str) -> Overloaded:
 
 
 class torch_errors:  # noqa: N801  # used as a context manager, like contextlib's
-    """Report torch's complaints about the client's input as 400s, and GPU OOM as a 503.
+    """Report torch's complaints about the client's input as 400s, and out-of-memory as a 503.
+
+    Only what torch raises about its arguments is the client's fault: a ``RuntimeError``,
+    ``IndexError`` or ``ValueError`` raised by torch (its C++ core or its Python code). Anything
+    else (a ``TypeError``, ``KeyError``, ``AttributeError``, an ``assert``, or a ``raise`` in this
+    package's own code) is a bug and goes up unchanged, to be answered as a logged 500.
 
     A class rather than a generator context manager: it wraps every request's computation, and
     entering and leaving a generator costs a small request a few microseconds more."""
@@ -72,10 +80,42 @@ class torch_errors:  # noqa: N801  # used as a context manager, like contextlib'
         what = self.what
         if isinstance(exc, torch.OutOfMemoryError):
             raise out_of_memory(what) from exc
-        if isinstance(exc, RuntimeError | ValueError | IndexError | TypeError | OverflowError):
-            if isinstance(exc, RuntimeError) and "allocate" in str(exc) and "memory" in str(exc):
-                raise Overloaded(  # the CPU allocator's own out-of-memory error
-                    f"The server ran out of memory computing {what}; retry later or send less.",
-                    error_type="out_of_memory",
-                ) from exc
-            raise InvalidInput(f"{what} failed on this input: {exc}", error_type="computation_failed") from exc
+        if not is_torch_refusal(exc):
+            return
+        if isinstance(exc, RuntimeError) and "allocate" in str(exc) and "memory" in str(exc):
+            raise Overloaded(  # the CPU allocator's own out-of-memory error
+                f"The server ran out of memory computing {what}; retry later or send less.",
+                error_type="out_of_memory",
+            ) from exc
+        raise InvalidInput(f"{what} failed on this input: {exc}", error_type="computation_failed") from exc
+
+
+TORCH_REFUSALS = (RuntimeError, IndexError, ValueError)
+"""The exception types torch raises about its arguments (c10::Error, IndexError, ValueError)."""
+NOT_REFUSALS = (NotImplementedError, RecursionError)
+"""RuntimeError's subclasses that mean a gap or a fault of ours, never bad input."""
+TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
+RAISING = frozenset({"RAISE_VARARGS", "RERAISE"})
+
+
+def is_torch_refusal(exc: BaseException) -> bool:
+    """Whether ``exc`` is torch refusing its arguments, rather than a fault of this package.
+
+    It is when its type is one torch raises about arguments and it was raised by torch: in
+    torch's own Python code, or in its C++ core, called from any frame (the innermost frame's
+    instruction is then a call, an operator or a subscript). A ``raise`` statement outside torch
+    (ours) is a fault to report as such."""
+    if not isinstance(exc, TORCH_REFUSALS) or isinstance(exc, NOT_REFUSALS):
+        return False
+    innermost = exc.__traceback__
+    if innermost is None:  # never raised: nothing says torch's
+        return False
+    while innermost.tb_next is not None:
+        innermost = innermost.tb_next
+    code = innermost.tb_frame.f_code
+    return code.co_filename.startswith(TORCH_DIR) or _instruction_at(code, innermost.tb_lasti) not in RAISING
+
+
+@functools.lru_cache(maxsize=1024)
+def _instruction_at(code: CodeType, offset: int) -> str:
+    return next((i.opname for i in dis.get_instructions(code) if i.offset == offset), "")

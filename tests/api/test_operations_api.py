@@ -340,8 +340,11 @@ LANE_CASES: dict[str, tuple[str, str, dict[str, Any]]] = {
 
 
 def without_timing(body: Any) -> Any:
+    """The body without what differs from one request to the next: time and request id."""
     if isinstance(body, dict) and isinstance(body.get("meta"), dict):
         return {**body, "meta": {**body["meta"], "elapsed_ms": None}}
+    if isinstance(body, dict) and isinstance(body.get("error"), dict) and "request_id" in body["error"]:
+        return {"error": {**body["error"], "request_id": None}}
     return body
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 import threading
 from collections.abc import AsyncIterator
@@ -21,6 +20,7 @@ from pydantic import ValidationError
 from service.api.context import ComputeContext, expression_limits
 from service.api.deps import settings_of
 from service.api.dispatch import admit, compute_response, request_deadline
+from service.api.errors import internal_error
 from service.api.jsonbody import read_json_body
 from service.api.responses import JSONBytesResponse, dump_json
 from service.api.routes.common import AUTH_RESPONSES, compute_post
@@ -41,10 +41,8 @@ from service.config import Settings
 from service.errors import DeadlineExceeded, InvalidInput, LimitExceeded, ServiceError
 
 router = APIRouter(tags=["optimisation"])
-logger = logging.getLogger("service.optimize")
 PROGRESS_BUFFER = 64
 """Progress events waiting for a slow reader; past it, new ones are dropped (the result never is)."""
-INTERNAL = "The server failed unexpectedly; this is a bug, please report it."
 
 
 @router.get(
@@ -229,8 +227,7 @@ async def optimize(request: Request) -> Response:
             except ServiceError as error:
                 await events.send(_event("error", error.body()))
             except Exception:
-                logger.exception("unhandled error in a streamed optimisation")
-                await events.send(_event("error", {"error": {"type": "internal_error", "message": INTERNAL}}))
+                await events.send(_event("error", internal_error(request.scope, "in a streamed optimisation")))
 
     async def stream() -> AsyncIterator[bytes]:
         async with anyio.create_task_group() as tasks:
