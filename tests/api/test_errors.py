@@ -71,7 +71,9 @@ def test_torch_errors_turns_refusals_into_400_and_lets_bugs_through() -> None:
 
 
 def test_torch_refusal_of_the_clients_input_is_400(client: AppClient) -> None:
-    response = client.post("/v1/differentiate", json={"expression": "sum(x @ y)", "inputs": {"x": [1.0, 2.0], "y": [1.0]}})
+    response = client.post(
+        "/v1/differentiate", json={"expression": "sum(x @ y)", "inputs": {"x": [1.0, 2.0], "y": [1.0]}}
+    )
     error = assert_error(response, 400, "computation_failed")
     assert "the expression failed on this input" in error["message"]
 
