@@ -44,7 +44,7 @@ def _our_raise(kind: type[BaseException]) -> None:
         pytest.param(lambda: _our_raise(RuntimeError), False, id="raise-runtime-error"),
         pytest.param(lambda: _our_raise(NotImplementedError), False, id="not-implemented"),
         pytest.param(lambda: len(1), False, id="type-error"),  # type: ignore[arg-type]
-        pytest.param(lambda: {}["key"], False, id="key-error"),
+        pytest.param(lambda: dict[str, int]()["key"], False, id="key-error"),
         pytest.param(lambda: 1 / 0, False, id="zero-division"),
     ],
 )
