@@ -26,9 +26,7 @@ os.environ.setdefault("GRADIENT_COMPILE", "false")
 # run: HYPOTHESIS_PROFILE=thorough scripts/test). Tests that set max_examples themselves scale it
 # with examples(n).
 settings.register_profile("quick", deadline=None, suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile(
-    "thorough", deadline=None, max_examples=1_000, suppress_health_check=[HealthCheck.too_slow]
-)
+settings.register_profile("thorough", deadline=None, max_examples=1_000, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "quick"))
 
 

@@ -1,6 +1,7 @@
 """The playground page (GET /) in a real browser: Playwright driving Debian's chromium against a
 real uvicorn server. Skipped when the playwright package or the browser is missing
-(``scripts/install-browser`` installs the browser).
+(``scripts/install-browser`` installs the browser), except with ``CI`` set to a true value
+(1, true, yes, on), where a missing one fails them: CI must not skip them silently.
 
 The page's Content-Security-Policy forbids eval, so waits poll from Python (``wait_until``) or
 use Playwright's locator assertions rather than ``page.wait_for_function``.
@@ -17,12 +18,22 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 import pytest
 
 from tests.e2e.serving import running_server
+
+IN_CI = os.environ.get("CI", "").strip().lower() in {"1", "true", "yes", "on"}  # as scripts/install-browser reads it
+
+
+def missing(what: str) -> NoReturn:
+    """Skip for want of ``what``; in CI, fail instead."""
+    if IN_CI:
+        pytest.fail(f"{what}, and CI={os.environ['CI']}: in CI the browser tests must run, not skip", pytrace=False)
+    pytest.skip(what, allow_module_level=True)
+
 
 try:
     from playwright.sync_api import (
@@ -36,7 +47,7 @@ try:
         sync_playwright,
     )
 except ImportError:  # pragma: no cover - depends on the environment
-    pytest.skip("the playwright package is not installed", allow_module_level=True)
+    missing("the playwright package is not installed")
 
 pytestmark = pytest.mark.e2e
 
@@ -62,7 +73,7 @@ def chromium_available() -> bool:
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     if not chromium_available():
-        pytest.skip(f"no chromium at {CHROMIUM} (scripts/install-browser installs it)")
+        missing(f"no chromium at {CHROMIUM} (scripts/install-browser installs it)")
     with sync_playwright() as playwright:
         instance = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield instance
