@@ -11,51 +11,70 @@ import torch
 
 from service.compute.activations import ACTIVATIONS
 from service.compute.registry import OpSpec, Sample
-from tests.compute.test_activations import CASES, CONTRACT_NAMES, params_of, sample_input
+from tests import oracles
+from tests.compute.test_activations import (
+    CASES,
+    CONTRACT_NAMES,
+    TIGHT,
+    assert_derivative,
+    oracle_second_derivative,
+    oracle_vjp,
+    prefixed,
+    sample_input,
+)
 from tests.conftest import AppClient, ClientFactory
 from tests.helpers import assert_error, from_wire, to_base64
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-def reference(spec: OpSpec, x: torch.Tensor, params: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    leaf = x.clone().requires_grad_(True)
-    output = spec.fn(leaf, **params)
-    output.backward(torch.ones_like(output))
-    assert leaf.grad is not None
-    return output.detach(), leaf.grad
+# float32 results against the float64 oracle at the float32 input: a few float32 roundings apart.
+FLOAT32: dict[str, Any] = {"rtol": 1e-5, "atol": 1e-6}
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize(("spec", "sample"), CASES)
-def test_values_and_grads_equal_torch(client: AppClient, spec: OpSpec, sample: Sample, dtype: str) -> None:
+def test_values_and_grads_equal_the_oracle(client: AppClient, spec: OpSpec, sample: Sample, dtype: str) -> None:
+    """Only the sample's own params go over the wire and into the oracle, so the server's defaults
+    must be the oracle's too."""
     x = sample_input(sample).to(DTYPES[dtype])
-    params = params_of(spec, sample)
     body = {"input": x.tolist(), "params": dict(sample.params), "dtype": dtype, "jacobian": True}
     response = client.post(f"/v1/activations/{spec.name}", json=body)
     assert response.status_code == 200, response.text
     data = response.json()
-    output, grad = reference(spec, x, params)
-    assert torch.equal(from_wire(data["output"], DTYPES[dtype]), output)
-    assert torch.equal(from_wire(data["grad"], DTYPES[dtype]), grad)
-    expected_jacobian = torch.autograd.functional.jacobian(lambda t: spec.fn(t, **params), x)
-    torch.testing.assert_close(from_wire(data["jacobian"], DTYPES[dtype]), expected_jacobian)
+    oracle = oracles.ACTIVATIONS[spec.name]
+
+    def fn(t: torch.Tensor) -> torch.Tensor:
+        return oracle(t, **sample.params)
+
+    exact = x.to(torch.float64)  # the float32 input, exactly
+    output, grad = fn(exact), oracle_vjp(fn, exact, torch.ones_like(exact))
+    jacobian = torch.autograd.functional.jacobian(fn, exact)
+    results = {key: from_wire(data[key], DTYPES[dtype]) for key in ("output", "grad", "jacobian")}
+    assert all(result.dtype == DTYPES[dtype] for result in results.values())
+    if dtype == "float32":
+        for key, expected in (("output", output), ("grad", grad), ("jacobian", jacobian)):
+            torch.testing.assert_close(results[key].to(torch.float64), expected, **FLOAT32, msg=prefixed(key))
+    else:
+        torch.testing.assert_close(results["output"], output, **TIGHT)
+        assert_derivative(results["grad"], grad, spec.name, dict(sample.params), "grad")
+        assert_derivative(results["jacobian"], jacobian, spec.name, dict(sample.params), "jacobian")
     assert data["meta"]["device"] == "cpu" and data["meta"]["dtype"] == dtype
     assert data["grad2"] is None
 
 
 @pytest.mark.parametrize("spec", [spec for spec in ACTIVATIONS if spec.elementwise], ids=lambda s: s.name)
 def test_second_order_in_base64(client: AppClient, spec: OpSpec) -> None:
+    """f, f' and f'' at the defaults (no params sent), against the oracle's values."""
     x = torch.linspace(-4, 4, 7, dtype=torch.float64) + 0.1
     body = {"input": to_base64(x), "dtype": "float64", "encoding": "base64", "second_order": True}
     response = client.post(f"/v1/activations/{spec.name}", json=body)
     assert response.status_code == 200, response.text
     data = response.json()
     assert data["output"]["dtype"] == "float64" and data["output"]["shape"] == [7]
-    output, grad = reference(spec, x, spec.defaults())
-    assert torch.equal(from_wire(data["output"]), output)
-    assert torch.equal(from_wire(data["grad"]), grad)
-    assert from_wire(data["grad2"]).shape == x.shape
+    assert data["grad2"]["dtype"] == "float64" and data["grad2"]["shape"] == [7]
+    oracle = oracles.ACTIVATIONS[spec.name]
+    torch.testing.assert_close(from_wire(data["output"]), oracle(x), **TIGHT)
+    assert_derivative(from_wire(data["grad"]), oracle_vjp(oracle, x, torch.ones_like(x)), spec.name, {}, "grad")
+    assert_derivative(from_wire(data["grad2"]), oracle_second_derivative(oracle, x), spec.name, {}, "grad2")
 
 
 def test_grad_output_gives_the_vjp(client: AppClient) -> None:
@@ -63,10 +82,8 @@ def test_grad_output_gives_the_vjp(client: AppClient) -> None:
     g = torch.tensor([[1.0, 2.0, -3.0]], dtype=torch.float64)
     body = {"input": x.tolist(), "grad_output": g.tolist(), "dtype": "float64", "params": {"dim": 1}}
     data = client.post("/v1/activations/log_softmax", json=body).json()
-    leaf = x.clone().requires_grad_(True)
-    torch.nn.functional.log_softmax(leaf, dim=1).backward(g)
-    assert leaf.grad is not None
-    assert torch.equal(from_wire(data["grad"]), leaf.grad)
+    expected = oracle_vjp(lambda t: oracles.log_softmax(t, dim=1), x, g)
+    torch.testing.assert_close(from_wire(data["grad"]), expected, **TIGHT)
 
 
 def test_seed_softmax_jacobian(client: AppClient) -> None:
@@ -76,8 +93,8 @@ def test_seed_softmax_jacobian(client: AppClient) -> None:
         json={"input": a, "params": {"dim": 0}, "jacobian": True, "dtype": "float64"},
     ).json()
     leaf = torch.tensor(a, dtype=torch.float64, requires_grad=True)
-    (row,) = torch.autograd.grad(torch.nn.functional.softmax(leaf, dim=0)[1], [leaf])
-    torch.testing.assert_close(from_wire(data["jacobian"])[1], row)
+    (row,) = torch.autograd.grad(oracles.softmax(leaf, dim=0)[1], [leaf])
+    torch.testing.assert_close(from_wire(data["jacobian"])[1], row, **TIGHT)
 
 
 def test_non_finite_values_travel_as_strings(client: AppClient) -> None:

@@ -1,9 +1,10 @@
-"""Every registered loss, generated from the registry: values and gradients against
-torch.nn.functional in float64, gradients by finite differences, and the seed's identities."""
+"""Every registered loss, generated from the registry: values and gradients against the
+hand-written references of tests/oracles.py in float64, gradients against finite differences of
+the service's own loss, and the seed's identities. tests/compute/test_oracles.py adds parameter
+values beyond the samples."""
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -11,8 +12,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from service.compute.losses import LOSSES, LossSample, LossSpec, evaluate_loss, index_target_shape
+from service.compute.losses import (
+    LOSSES,
+    GradName,
+    LossSample,
+    LossSpec,
+    evaluate_loss,
+    index_target_shape,
+    loss_value,
+)
 from service.errors import InvalidInput
+from tests import oracles
 
 CONTRACT_NAMES = [
     "mse",
@@ -29,39 +39,16 @@ CONTRACT_NAMES = [
     "entropy",
 ]
 
-# Independent references, called exactly as a torch user would.
-Reference = Callable[..., torch.Tensor]
-REFERENCES: dict[str, Reference] = {
-    "mse": lambda i, t, w, **p: F.mse_loss(i, t, **p),
-    "l1": lambda i, t, w, **p: F.l1_loss(i, t, **p),
-    "smooth_l1": lambda i, t, w, **p: F.smooth_l1_loss(i, t, **p),
-    "huber": lambda i, t, w, **p: F.huber_loss(i, t, **p),
-    "cross_entropy": lambda i, t, w, **p: F.cross_entropy(i, t, weight=w, **p),
-    "nll": lambda i, t, w, **p: F.nll_loss(i, t, weight=w, **p),
-    "binary_cross_entropy": lambda i, t, w, **p: F.binary_cross_entropy(i, t, weight=w, **p),
-    "binary_cross_entropy_with_logits": lambda i, t, w, **p: F.binary_cross_entropy_with_logits(i, t, weight=w, **p),
-    "kl_div": lambda i, t, w, **p: _quiet(F.kl_div, i, t, **p),
-    "poisson_nll": lambda i, t, w, **p: F.poisson_nll_loss(i, t, **p),
-    "soft_margin": lambda i, t, w, **p: F.soft_margin_loss(i, t, **p),
-    "entropy": lambda i, t, w, base, dim, reduction: _reference_entropy(i, base, dim, reduction),
-}
+TIGHT: dict[str, Any] = {"rtol": 1e-12, "atol": 1e-12}
+# Central differences in float64 with this step are good to about 1e-9 here (rounding over 2e-6)
+# plus 1e-12 relative (truncation), so these tolerances leave little room.
+STEP = 1e-6
+FINITE_DIFFERENCE: dict[str, Any] = {"rtol": 1e-7, "atol": 5e-9}
 
 
-def _quiet(fn: Reference, *args: Any, **kwargs: Any) -> torch.Tensor:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # kl_div's advice about reduction="mean"
-        return fn(*args, **kwargs)
-
-
-def _reference_entropy(p: torch.Tensor, base: str, dim: int, reduction: str) -> torch.Tensor:
-    log = torch.log2 if base == "2" else torch.log
-    per_distribution = -(p * log(p)).sum(dim=dim)
-    reduced = {"none": per_distribution, "sum": per_distribution.sum(), "mean": per_distribution.mean()}
-    return reduced[reduction]
-
-
-# entropy has no torch.nn.functional twin: it matches the seed's formula to float64 rounding.
-NOT_BITWISE = {"entropy"}
+LossInputs = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, dict[str, Any]]
+"""Input, target, weight and params, as make_inputs gives them."""
+Tensors = dict[GradName, torch.Tensor | None]
 
 
 CASES = [
@@ -71,9 +58,7 @@ CASES = [
 ]
 
 
-def make_inputs(
-    spec: LossSpec, sample: LossSample, seed: int = 0
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, dict[str, Any]]:
+def make_inputs(spec: LossSpec, sample: LossSample, seed: int = 0) -> LossInputs:
     """Input, target, weight and params (tensor params made tensors) for one sample, in float64."""
     generator = torch.Generator().manual_seed(seed)
     shape = sample.input_shape
@@ -112,75 +97,148 @@ def make_inputs(
 
 def test_registry_covers_the_contract_and_every_loss_has_a_reference() -> None:
     assert [name for name in CONTRACT_NAMES if name not in LOSSES] == []
-    assert sorted(REFERENCES) == sorted(spec.name for spec in LOSSES)
+    assert sorted(oracles.LOSSES) == sorted(spec.name for spec in LOSSES)
 
 
-def torch_gradient(
-    reference: Reference, leaves: dict[str, torch.Tensor | None], name: str, params: dict[str, Any]
-) -> torch.Tensor | None:
-    """torch's own gradient of the reference w.r.t. ``name``, or None where torch refuses to."""
+def prefixed(label: str) -> Callable[[str], str]:
+    """An assert_close msg that says which result is off."""
+    return lambda message: f"{label}: {message}"
+
+
+def call(fn: Callable[..., torch.Tensor], tensors: Tensors, params: dict[str, Any]) -> torch.Tensor:
+    return fn(tensors["input"], tensors["target"], tensors["weight"], **params)
+
+
+def service_loss(spec: LossSpec, tensors: Tensors, params: dict[str, Any]) -> torch.Tensor:
+    """loss_value: the service's loss without gradients (evaluate_loss's, checked where used)."""
+    input = tensors["input"]
+    assert input is not None
+    return loss_value(spec, input, tensors["target"], tensors["weight"], params)
+
+
+def torch_refuses(spec: LossSpec, tensors: Tensors, name: GradName, params: dict[str, Any]) -> bool:
+    """Whether torch (the registered function) refuses to differentiate w.r.t. ``name``: the one
+    reason the service may return no gradient for a float tensor."""
+    leaves = {
+        key: None if value is None else value.clone().requires_grad_(key == name) for key, value in tensors.items()
+    }
+    leaf = leaves[name]
+    assert leaf is not None
     try:
-        value = reference(leaves["input"], leaves["target"], leaves["weight"], **params)
-        leaf = leaves[name]
-        assert leaf is not None
-        (grad,) = torch.autograd.grad(value, leaf, torch.ones_like(value))
+        value = call(spec.fn, leaves, params)
+        torch.autograd.grad(value, leaf, torch.ones_like(value))
     except RuntimeError as error:
         if "not differentiable" not in str(error):
             raise
-        return None
-    return grad
+        return True
+    return False
+
+
+def oracle_gradients(
+    spec: LossSpec, tensors: Tensors, params: dict[str, Any], cotangent: torch.Tensor, names: list[GradName]
+) -> dict[GradName, torch.Tensor]:
+    """autograd.grad of the oracle w.r.t. the named tensors."""
+    leaves = {
+        key: None if value is None else value.clone().requires_grad_(key in names) for key, value in tensors.items()
+    }
+    wanted = []
+    for name in names:
+        leaf = leaves[name]
+        assert leaf is not None
+        wanted.append(leaf)
+    value = call(oracles.LOSSES[spec.name], leaves, params)
+    return dict(zip(names, torch.autograd.grad(value, wanted, cotangent), strict=True))
+
+
+def check_gradients(
+    spec: LossSpec,
+    tensors: Tensors,
+    params: dict[str, Any],
+    cotangent: torch.Tensor,
+    grads: dict[GradName, torch.Tensor | None],
+    tolerance: dict[str, Any],
+) -> None:
+    """The service's gradients (``grads``) are the oracle's, wherever the service gives one; it
+    gives one for every float tensor torch can differentiate, and none for the others."""
+    given: list[GradName] = []
+    for name, tensor in tensors.items():
+        ours = grads[name]
+        if tensor is None or not tensor.is_floating_point():
+            assert ours is None, name
+        elif ours is None:
+            refuses = torch_refuses(spec, tensors, name, {**spec.defaults(), **params})
+            assert refuses, f"torch differentiates {name}, but we returned null"
+        else:
+            given.append(name)
+    assert "input" in given, "every loss has a gradient w.r.t. its input"
+    for name, expected in oracle_gradients(spec, tensors, params, cotangent, given).items():
+        ours = grads[name]
+        assert ours is not None
+        torch.testing.assert_close(ours.to(expected.dtype), expected, **tolerance, msg=prefixed(f"grad {name}"))
+
+
+def check_against_the_oracle(spec: LossSpec, inputs: LossInputs) -> None:
+    """evaluate_loss's loss and gradients (with a random cotangent) are the oracle's in float64."""
+    input, target, weight, params = inputs
+    tensors: Tensors = {"input": input, "target": target, "weight": weight}
+    expected = call(oracles.LOSSES[spec.name], tensors, params)
+    cotangent = torch.randn(expected.shape, generator=torch.Generator().manual_seed(1), dtype=expected.dtype)
+    result = evaluate_loss(spec, input, target, weight, params, grad_output=cotangent)
+    torch.testing.assert_close(result.loss, expected, **TIGHT)
+    check_gradients(spec, tensors, params, cotangent, result.grads, TIGHT)
+
+
+def check_finite_differences(spec: LossSpec, inputs: LossInputs) -> None:
+    """Every gradient the service returns against central differences of its own loss (it hands
+    out no graph, so this is the service's own gradcheck)."""
+    input, target, weight, params = inputs
+    tensors: Tensors = {"input": input, "target": target, "weight": weight}
+    loss = service_loss(spec, tensors, params)
+    cotangent = torch.randn(loss.shape, generator=torch.Generator().manual_seed(2), dtype=loss.dtype)
+    result = evaluate_loss(spec, input, target, weight, params, grad_output=cotangent)
+    assert torch.equal(result.loss, loss)
+    for name, grad in result.grads.items():
+        tensor = tensors[name]
+        if grad is None:
+            continue
+        assert tensor is not None
+        flat, numeric = tensor.flatten(), torch.zeros(tensor.numel(), dtype=tensor.dtype)
+        for index in range(flat.numel()):
+            step = torch.zeros_like(flat)
+            step[index] = STEP
+            upper = service_loss(spec, {**tensors, name: (flat + step).reshape(tensor.shape)}, params)
+            lower = service_loss(spec, {**tensors, name: (flat - step).reshape(tensor.shape)}, params)
+            numeric[index] = ((upper - lower) / (2 * STEP) * cotangent).sum()
+        torch.testing.assert_close(grad, numeric.reshape(tensor.shape), **FINITE_DIFFERENCE, msg=prefixed(name))
+
+
+def check_oracle_gradcheck(spec: LossSpec, inputs: LossInputs) -> None:
+    """gradcheck of the oracle w.r.t. every float tensor (its gradients are what the service's are
+    held to)."""
+    input, target, weight, params = inputs
+    tensors: Tensors = {"input": input, "target": target, "weight": weight}
+    floats = {name: tensor for name, tensor in tensors.items() if tensor is not None and tensor.is_floating_point()}
+
+    def fn(*values: torch.Tensor) -> torch.Tensor:
+        return call(oracles.LOSSES[spec.name], {**tensors, **dict(zip(floats, values, strict=True))}, params)
+
+    leaves = tuple(tensor.clone().requires_grad_(True) for tensor in floats.values())
+    assert torch.autograd.gradcheck(fn, leaves, eps=STEP, **FINITE_DIFFERENCE)
 
 
 @pytest.mark.parametrize(("spec", "sample"), CASES)
-def test_loss_and_gradients_equal_torch(spec: LossSpec, sample: LossSample) -> None:
-    input, target, weight, params = make_inputs(spec, sample)
-    result = evaluate_loss(spec, input, target, weight, params)
-    reference = REFERENCES[spec.name]
-    expected = reference(input, target, weight, **params)
-    if spec.name in NOT_BITWISE:
-        torch.testing.assert_close(result.loss, expected, rtol=1e-14, atol=1e-14)
-    else:
-        assert torch.equal(result.loss, expected)
-    tensors = {"input": input, "target": target, "weight": weight}
-    for name, tensor in tensors.items():
-        ours = result.grads[name]  # type: ignore[index]
-        if tensor is None or not tensor.is_floating_point():
-            assert ours is None, name
-            continue
-        leaves = {
-            key: (value.clone().requires_grad_(key == name) if value is not None else None)
-            for key, value in tensors.items()
-        }
-        torch_grad = torch_gradient(reference, leaves, name, params)
-        if torch_grad is None:
-            assert ours is None, f"torch cannot differentiate {name}, but we returned a gradient"
-            continue
-        assert ours is not None, f"torch differentiates {name}, but we returned null"
-        if spec.name in NOT_BITWISE:
-            torch.testing.assert_close(ours, torch_grad, rtol=1e-12, atol=1e-12)
-        else:
-            assert torch.equal(ours, torch_grad), name
+def test_loss_and_gradients_equal_the_oracle(spec: LossSpec, sample: LossSample) -> None:
+    check_against_the_oracle(spec, make_inputs(spec, sample))
 
 
 @pytest.mark.parametrize(("spec", "sample"), CASES)
 def test_gradients_match_finite_differences(spec: LossSpec, sample: LossSample) -> None:
-    """gradcheck of the registered function w.r.t. every tensor we return a gradient for
-    (the test above pins those gradients to torch's analytic ones)."""
-    input, target, weight, params = make_inputs(spec, sample)
-    result = evaluate_loss(spec, input, target, weight, params)
-    tensors: dict[str, torch.Tensor | None] = {"input": input, "target": target, "weight": weight}
-    names = [name for name, grad in result.grads.items() if grad is not None]
+    check_finite_differences(spec, make_inputs(spec, sample))
 
-    def fn(*values: torch.Tensor) -> torch.Tensor:
-        given: dict[str, torch.Tensor | None] = {**tensors, **dict(zip(names, values, strict=True))}
-        return spec.fn(given["input"], given["target"], given["weight"], **params)
 
-    leaves = []
-    for name in names:
-        tensor = tensors[name]
-        assert tensor is not None
-        leaves.append(tensor.clone().requires_grad_(True))
-    assert torch.autograd.gradcheck(fn, tuple(leaves))
+@pytest.mark.parametrize(("spec", "sample"), CASES)
+def test_oracle_gradients_match_finite_differences(spec: LossSpec, sample: LossSample) -> None:
+    check_oracle_gradcheck(spec, make_inputs(spec, sample))
 
 
 def test_seed_cross_entropy_is_nll_of_log_softmax() -> None:
@@ -191,11 +249,12 @@ def test_seed_cross_entropy_is_nll_of_log_softmax() -> None:
     logits = x @ w.t()
     target = torch.tensor([3])
     cross = evaluate_loss(LOSSES.get("cross_entropy"), logits, target, None, LOSSES.get("cross_entropy").defaults())
-    log_probabilities = torch.log(F.softmax(logits, dim=1))
+    log_probabilities = torch.log(oracles.softmax(logits, dim=1))
     nll = evaluate_loss(LOSSES.get("nll"), log_probabilities, target, None, LOSSES.get("nll").defaults())
     torch.testing.assert_close(cross.loss, nll.loss)
     assert cross.grads["input"] is not None
-    torch.testing.assert_close(cross.grads["input"], F.softmax(logits, dim=1) - F.one_hot(target, 10))
+    one_hot = (torch.arange(10) == target[:, None]).to(logits.dtype)
+    torch.testing.assert_close(cross.grads["input"], oracles.softmax(logits, dim=1) - one_hot)
 
 
 def test_seed_entropy_in_bits() -> None:
@@ -253,4 +312,4 @@ def test_ignore_index_is_allowed_outside_the_class_range() -> None:
     spec = LOSSES.get("cross_entropy")
     logits = torch.tensor([[1.0, 2.0], [0.5, 0.1]], dtype=torch.float64)
     result = evaluate_loss(spec, logits, torch.tensor([1, -100]), None, spec.defaults())
-    torch.testing.assert_close(result.loss, F.cross_entropy(logits[:1], torch.tensor([1])))
+    torch.testing.assert_close(result.loss, oracles.cross_entropy(logits[:1], torch.tensor([1])), **TIGHT)
