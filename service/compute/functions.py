@@ -61,16 +61,23 @@ KEEPDIM = Arg("keepdim", "bool", False)
 
 def _reduce(op: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
     def call(x: torch.Tensor, dim: int | None, keepdim: bool) -> torch.Tensor:
-        return op(x) if dim is None else op(x, dim=dim, keepdim=keepdim)
+        return op(x, dim=dim, keepdim=keepdim) if dim is not None else _whole(op(x), x, keepdim)
 
     return call
 
 
 def _extreme(op: Callable[..., Any]) -> Callable[..., torch.Tensor]:
     def call(x: torch.Tensor, dim: int | None, keepdim: bool) -> torch.Tensor:
-        return op(x) if dim is None else op(x, dim=dim, keepdim=keepdim).values  # type: ignore[no-any-return]
+        if dim is None:
+            return _whole(op(x), x, keepdim)
+        return op(x, dim=dim, keepdim=keepdim).values  # type: ignore[no-any-return]
 
     return call
+
+
+def _whole(reduced: torch.Tensor, x: torch.Tensor, keepdim: bool) -> torch.Tensor:
+    """A reduction over every element; with keepdim, shaped [1, ...] like x, as torch.sum's."""
+    return reduced.reshape((1,) * x.dim()) if keepdim else reduced
 
 
 def _elementwise(name: str, fn: Callable[[torch.Tensor], torch.Tensor], doc: str) -> Function:

@@ -433,6 +433,12 @@ def checked_target(
     params: Mapping[str, Any],
 ) -> torch.Tensor | None:
     """Every check a loss needs before torch sees its arguments; returns the resolved target."""
+    if not input.is_floating_point():  # only an expression can pass one: x > 0 is boolean
+        raise InvalidInput(
+            f"{spec.name} needs a floating-point input, not {str(input.dtype).removeprefix('torch.')}.",
+            error_type="invalid_dtype",
+            where="input",
+        )
     target = resolve_target(spec, input, target)
     _check_weight(spec, input, weight)
     if spec.check is not None:

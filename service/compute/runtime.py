@@ -60,8 +60,9 @@ def out_of_memory(what: str) -> Overloaded:
 class torch_errors:  # noqa: N801  # used as a context manager, like contextlib's
     """Report torch's complaints about the client's input as 400s, and out-of-memory as a 503.
 
-    Only what torch raises about its arguments is the client's fault: a ``RuntimeError``,
-    ``IndexError`` or ``ValueError`` raised by torch (its C++ core or its Python code). Anything
+    Only what torch raises about its arguments is the client's fault: a ``RuntimeError`` (with
+    ``NotImplementedError``), ``IndexError`` or ``ValueError`` raised by torch (its C++ core or its
+    Python code). Anything
     else (a ``TypeError``, ``KeyError``, ``AttributeError``, an ``assert``, or a ``raise`` in this
     package's own code) is a bug and goes up unchanged, to be answered as a logged 500.
 
@@ -91,9 +92,10 @@ class torch_errors:  # noqa: N801  # used as a context manager, like contextlib'
 
 
 TORCH_REFUSALS = (RuntimeError, IndexError, ValueError)
-"""The exception types torch raises about its arguments (c10::Error, IndexError, ValueError)."""
-NOT_REFUSALS = (NotImplementedError, RecursionError)
-"""RuntimeError's subclasses that mean a gap or a fault of ours, never bad input."""
+"""The exception types torch raises about its arguments: c10::Error, IndexError, ValueError, and
+NotImplementedError (a RuntimeError) for a dtype a kernel lacks, such as softmax of integers."""
+NOT_REFUSALS = (RecursionError,)
+"""A RuntimeError that means a fault of ours, never bad input."""
 TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
 RAISING = frozenset({"RAISE_VARARGS", "RERAISE"})
 

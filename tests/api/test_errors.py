@@ -40,6 +40,7 @@ def _our_raise(kind: type[BaseException]) -> None:
         pytest.param(lambda: torch.ones(2).sum(dim=3), True, id="dim-out-of-range"),
         pytest.param(lambda: torch.broadcast_shapes((2,), (3,)), True, id="torch-python-code"),
         pytest.param(lambda: torch.nn.functional.softmax(torch.ones(2), dim=4), True, id="torch-functional"),
+        pytest.param(lambda: torch.softmax(torch.tensor([1, 2]), 0), True, id="kernel-lacks-dtype"),
         pytest.param(lambda: _our_raise(ValueError), False, id="raise-value-error"),
         pytest.param(lambda: _our_raise(RuntimeError), False, id="raise-runtime-error"),
         pytest.param(lambda: _our_raise(NotImplementedError), False, id="not-implemented"),
