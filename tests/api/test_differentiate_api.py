@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import httpx
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from service.compute.activations import ACTIVATIONS
 from service.compute.losses import LOSSES
-from tests.compute.test_expressions import HIMMELBLAU, REFUSED, TOKENS
+from tests.compute.test_expressions import DTYPE_REFUSALS, FUZZED_SOURCES, HIMMELBLAU, REFUSED
 from tests.conftest import AppClient, ClientFactory
-from tests.helpers import assert_error, from_wire, to_base64
+from tests.helpers import assert_error, examples, from_wire, to_base64
 
 
 def test_seed_perceptron_over_http(client: AppClient) -> None:
@@ -49,6 +52,47 @@ def test_himmelblau_gradient_and_hessian_in_base64(client: AppClient) -> None:
     torch.testing.assert_close(hessian, torch.tensor([[74.0, 20.0], [20.0, 34.0]]))
 
 
+def hessian_formula(x: torch.Tensor, w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """The formula of the test below, in torch."""
+    h = torch.tanh(w @ x)
+    norm: torch.Tensor = torch.linalg.vector_norm(x, ord=3)
+    return torch.sum(h**2) + norm * s + torch.logsumexp(w, dim=0)[1]
+
+
+@pytest.mark.parametrize("encoding", ["json", "base64"])
+def test_every_derivative_block_over_http_equals_torch(client: AppClient, encoding: str) -> None:
+    """Value, gradient, Jacobian and every Hessian block of a three-input formula, by value, in
+    float64, against autograd through the same formula written in torch."""
+    generator = torch.Generator().manual_seed(6)
+    x = torch.randn(3, generator=generator, dtype=torch.float64)
+    w = torch.randn(2, 3, generator=generator, dtype=torch.float64)
+    s = torch.tensor(0.75, dtype=torch.float64)
+    body = {
+        "expression": "h = tanh(W @ x)\nsum(h ** 2) + norm(x, p=3) * s + logsumexp(W, dim=0)[1]",
+        "inputs": {"x": x.tolist(), "W": to_base64(w), "s": 0.75},
+        "derivatives": ["grad", "jacobian", "hessian"],
+        "dtype": "float64",
+        "encoding": encoding,
+    }
+    response = client.post("/v1/differentiate", json=body)
+    assert response.status_code == 200, response.text
+    data = response.json()
+    xs = (x, w, s)
+    names = ["x", "W", "s"]
+    argnums = (0, 1, 2)
+    grads = torch.func.grad(hessian_formula, argnums=argnums)(*xs)
+    hessians = torch.func.jacrev(torch.func.jacrev(hessian_formula, argnums=argnums), argnums=argnums)(*xs)
+    close: dict[str, Any] = {"rtol": 1e-12, "atol": 1e-12}
+    torch.testing.assert_close(from_wire(data["value"]), hessian_formula(*xs), **close)
+    assert set(data["hessian"]) == set(names)
+    for i, name in enumerate(names):
+        torch.testing.assert_close(from_wire(data["grad"][name]), grads[i], **close)
+        torch.testing.assert_close(from_wire(data["jacobian"][name]), grads[i], **close)
+        assert set(data["hessian"][name]) == set(names)
+        for j, other in enumerate(names):
+            torch.testing.assert_close(from_wire(data["hessian"][name][other]), hessians[i][j], **close)
+
+
 def test_integer_inputs_stay_integers(client: AppClient) -> None:
     body = {
         "expression": "cross_entropy(z, t)",
@@ -57,8 +101,11 @@ def test_integer_inputs_stay_integers(client: AppClient) -> None:
     }
     data = client.post("/v1/differentiate", json=body).json()
     assert list(data["grad"]) == ["z"]
-    expected = F.cross_entropy(torch.tensor([[1.0, 2.0, 3.0]], dtype=torch.float64), torch.tensor([2]))
+    z = torch.tensor([[1.0, 2.0, 3.0]], dtype=torch.float64, requires_grad=True)
+    expected = F.cross_entropy(z, torch.tensor([2]))
+    (grad,) = torch.autograd.grad(expected, z)
     assert data["value"] == pytest.approx(expected.item(), rel=1e-15)
+    torch.testing.assert_close(from_wire(data["grad"]["z"]), grad, rtol=1e-15, atol=1e-15)
 
 
 def test_functions_catalog(client: AppClient) -> None:
@@ -112,11 +159,35 @@ def test_jacobian_limit_is_a_413(make_client: ClientFactory) -> None:
     assert info["max_jacobian_elements"] == 50
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.one_of(st.text(max_size=80), st.lists(st.sampled_from(TOKENS), max_size=30).map("".join)))
-def test_fuzzed_expressions_over_http_never_5xx(client: AppClient, source: str) -> None:
-    body = {"expression": source, "inputs": {"x": [0.5, -1.5], "y": [[1.0, 2.0], [3.0, 4.0]]}}
+FUZZ_BODY_INPUTS = {
+    "x": [0.5, -1.5],
+    "y": [[1.0, 2.0], [3.0, 4.0]],
+    "s": 0.25,
+    "t": to_base64(torch.tensor([1, 0])),
+}
+
+
+def assert_clean_answer(response: httpx.Response) -> None:
+    """A result, or a client error with the contract's error body: never a 5xx."""
+    assert response.status_code in (200, 400, 404, 413, 422), response.text
+    if response.status_code == 200:
+        assert set(response.json()) >= {"value", "grad", "jacobian", "hessian"}, response.text
+    else:
+        assert_error(response, response.status_code, response.json()["error"]["type"])
+
+
+@pytest.mark.parametrize("source", DTYPE_REFUSALS)
+def test_booleans_or_integers_where_floats_are_needed_are_400s(client: AppClient, source: str) -> None:
+    body = {"expression": source, "inputs": FUZZ_BODY_INPUTS}
+    response = client.post("/v1/differentiate", json=body)
+    assert_clean_answer(response)
+    assert response.status_code == 400, response.text
+
+
+@settings(max_examples=examples(150), suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(FUZZED_SOURCES, st.sampled_from([["grad"], ["grad", "jacobian"], ["hessian"]]))
+def test_fuzzed_expressions_over_http_never_5xx(client: AppClient, source: str, derivatives: list[str]) -> None:
+    body = {"expression": source, "inputs": FUZZ_BODY_INPUTS, "derivatives": derivatives, "dtype": "float64"}
     response = client.post("/v1/differentiate", json=body, headers={"content-type": "application/json"})
-    assert response.status_code in (200, 400, 413), response.text
-    if response.status_code != 200:
-        assert response.json()["error"]["message"]
+    assert_clean_answer(response)
+    event(str(response.status_code))

@@ -4,22 +4,25 @@ corpus of refused expressions plus a fuzzer: nothing but a clean refusal, ever."
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from service.compute.activations import ACTIVATIONS
-from service.compute.differentiate import Derivatives, differentiate
+from service.compute.differentiate import Derivative, Derivatives, differentiate
 from service.compute.expressions import Limits, compile_program
 from service.compute.functions import FUNCTIONS
 from service.compute.losses import LOSSES
 from service.compute.runtime import torch_errors
-from service.errors import InvalidInput, LimitExceeded, Overloaded, ServiceError
+from service.errors import InvalidInput, LimitExceeded, Overloaded, ServiceError, status_code_for
+from tests import oracles
 from tests.compute.test_losses import make_inputs
+from tests.helpers import examples
 
 F64 = torch.float64
 CPU = torch.device("cpu")
@@ -112,18 +115,64 @@ def test_hessian_of_sum_exp_is_diagonal() -> None:
     torch.testing.assert_close(result.hessian["x"]["x"], torch.diag(torch.exp(x)))
 
 
-FD_EXPRESSIONS = [
-    "sum(sin(x) * cos(y) + x ** 3 / (1 + y ** 2))",
-    "logsumexp(x, dim=0) + norm(y, p=3)",
-    "h = tanh(x @ W)\nmean(softplus(h, beta=2)) + max(y)",
-    "sum(where(x > 0, x * y, -x)) + prod(clamp(y, min=-1, max=1))",
-    "cross_entropy(reshape(x, 1, 3), t) + kl_div(log_softmax(y, dim=0), softmax(x, dim=0))",
-    "sum(transpose(W, 0, 1)[1:, ...] ** 2) + W.T[0, 0] + sqrt(abs(x) + 1)[-1]",
+Values = dict[str, torch.Tensor]
+
+
+def _fd_cross_entropy_kl(v: Values) -> torch.Tensor:
+    cross_entropy = F.cross_entropy(v["x"].reshape(1, 3), v["t"])
+    kl = F.kl_div(F.log_softmax(v["y"], dim=0), F.softmax(v["x"], dim=0), reduction="batchmean")
+    return cross_entropy + kl
+
+
+FD_EXPRESSIONS: list[tuple[str, Callable[[Values], torch.Tensor]]] = [
+    (
+        "sum(sin(x) * cos(y) + x ** 3 / (1 + y ** 2))",
+        lambda v: torch.sum(torch.sin(v["x"]) * torch.cos(v["y"]) + v["x"] ** 3 / (1 + v["y"] ** 2)),
+    ),
+    (
+        "logsumexp(x, dim=0) + norm(y, p=3)",
+        lambda v: torch.logsumexp(v["x"], dim=0) + torch.linalg.vector_norm(v["y"], ord=3),
+    ),
+    (
+        "h = tanh(x @ W)\nmean(softplus(h, beta=2)) + max(y)",
+        lambda v: torch.mean(F.softplus(torch.tanh(v["x"] @ v["W"]), beta=2)) + torch.max(v["y"]),
+    ),
+    (
+        "sum(where(x > 0, x * y, -x)) + prod(clamp(y, min=-1, max=1))",
+        lambda v: torch.sum(torch.where(v["x"] > 0, v["x"] * v["y"], -v["x"])) + torch.prod(v["y"].clamp(-1, 1)),
+    ),
+    (
+        "cross_entropy(reshape(x, 1, 3), t) + kl_div(log_softmax(y, dim=0), softmax(x, dim=0))",
+        _fd_cross_entropy_kl,
+    ),
+    (
+        "sum(transpose(W, 0, 1)[1:, ...] ** 2) + W.T[0, 0] + sqrt(abs(x) + 1)[-1]",
+        lambda v: torch.sum(v["W"].t()[1:] ** 2) + v["W"][0, 0] + torch.sqrt(v["x"].abs() + 1)[-1],
+    ),
 ]
+# Central differences with step h in float64: rounding ~1e-16 |f| / h plus truncation ~h^2 times the third derivative,
+# about 1e-10 here; 1e-7 leaves room for that and nothing more (1e-5 would pass wrong answers).
+FD_STEP = 1e-6
+FD_TOLERANCE: dict[str, Any] = {"rtol": 1e-7, "atol": 1e-7}
 
 
-@pytest.mark.parametrize("source", FD_EXPRESSIONS)
-def test_gradients_match_finite_differences(source: str) -> None:
+def central_differences(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """d fn / d x by central differences: shape ``fn(x).shape + x.shape``."""
+    columns = []
+    for i in range(x.numel()):
+        step = torch.zeros(x.numel(), dtype=x.dtype)
+        step[i] = FD_STEP
+        step = step.reshape(x.shape)
+        columns.append((fn(x + step) - fn(x - step)) / (2 * FD_STEP))
+    return torch.stack(columns, dim=-1).reshape(*columns[0].shape, *x.shape)
+
+
+@pytest.mark.parametrize(("source", "expected"), FD_EXPRESSIONS, ids=[source for source, _ in FD_EXPRESSIONS])
+def test_derivatives_equal_independent_torch_and_finite_differences(
+    source: str, expected: Callable[[Values], torch.Tensor]
+) -> None:
+    """Value, gradient and Hessian against the formula written in torch: autograd through it
+    (tightly), and central differences of its value (gradient) and of its gradient (Hessian)."""
     generator = torch.Generator().manual_seed(4)
     values = {
         "x": torch.randn(3, generator=generator, dtype=F64),
@@ -134,16 +183,33 @@ def test_gradients_match_finite_differences(source: str) -> None:
     program = compile_program(source, frozenset({*values, *constants}), F64, CPU, LIMITS)
     names = sorted(program.names - set(constants))
     result = differentiate(program, {**values, **constants}, names, ["grad", "hessian"], max_entries=10_000)
-    assert result.grad is not None
+    assert result.grad is not None and result.hessian is not None
 
     def fn(*tensors: torch.Tensor) -> torch.Tensor:
-        return program({**values, **constants, **dict(zip(names, tensors, strict=True))})
+        return expected({**values, **constants, **dict(zip(names, tensors, strict=True))})
 
-    leaves = tuple(values[name].clone().requires_grad_(True) for name in names)
-    assert torch.autograd.gradcheck(fn, leaves)
-    analytic = torch.autograd.grad(fn(*leaves), leaves)
-    for name, expected in zip(names, analytic, strict=True):
-        torch.testing.assert_close(result.grad[name], expected)
+    xs = tuple(values[name] for name in names)
+    argnums = tuple(range(len(names)))
+    torch.testing.assert_close(result.value, fn(*xs), rtol=1e-12, atol=1e-12)
+    grads = torch.func.grad(fn, argnums=argnums)(*xs)
+    hessians = torch.func.jacrev(torch.func.grad(fn, argnums=argnums), argnums=argnums)(*xs)
+    for i, name in enumerate(names):
+        torch.testing.assert_close(result.grad[name], grads[i], rtol=1e-12, atol=1e-12)
+
+        def value_along(x: torch.Tensor, i: int = i) -> torch.Tensor:
+            return fn(*xs[:i], x, *xs[i + 1 :])
+
+        torch.testing.assert_close(result.grad[name], central_differences(value_along, xs[i]), **FD_TOLERANCE)
+        for j, other in enumerate(names):
+            torch.testing.assert_close(result.hessian[name][other], hessians[i][j], rtol=1e-12, atol=1e-12)
+
+            def gradient_along(x: torch.Tensor, i: int = i, j: int = j) -> torch.Tensor:
+                at = (*xs[:j], x, *xs[j + 1 :])
+                gradient: torch.Tensor = torch.func.grad(fn, argnums=i)(*at)
+                return gradient
+
+            finite = central_differences(gradient_along, xs[j])
+            torch.testing.assert_close(result.hessian[name][other], finite, **FD_TOLERANCE)
 
 
 def test_non_scalar_grad_is_the_vjp_with_grad_output() -> None:
@@ -158,9 +224,11 @@ def test_non_scalar_grad_is_the_vjp_with_grad_output() -> None:
 
 @pytest.mark.parametrize("spec", list(ACTIVATIONS), ids=lambda spec: spec.name)
 def test_every_activation_is_a_function(spec: Any) -> None:
-    x = torch.linspace(-3, 3, 7, dtype=F64)
+    """Called with no options, each equals its hand-written reference (tests/oracles.py) with the
+    reference's own defaults; tests/compute/test_language.py covers the options."""
+    x = torch.linspace(-3.9, 3.7, 7, dtype=F64)
     result = run(f"{spec.name}(x)", x=x)
-    assert torch.equal(result.value, spec.fn(x, **spec.defaults()))
+    torch.testing.assert_close(result.value, oracles.ACTIVATIONS[spec.name](x), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("spec", list(LOSSES), ids=lambda spec: spec.name)
@@ -170,8 +238,8 @@ def test_every_loss_is_a_function(spec: Any) -> None:
     arguments = ["input"] + (["target"] if target is not None else [])
     tensors: dict[str, Any] = {"input": input, **({"target": target} if target is not None else {})}
     result = run(f"{spec.name}({', '.join(arguments)})", wrt=["input"], **tensors)
-    expected = spec.fn(input, target, None, **spec.defaults())
-    torch.testing.assert_close(result.value, expected, rtol=1e-14, atol=1e-14)
+    expected = oracles.LOSSES[spec.name](input, target, None)
+    torch.testing.assert_close(result.value, expected, rtol=1e-12, atol=1e-12)
 
 
 def test_every_function_is_listed_with_a_signature() -> None:
@@ -326,8 +394,12 @@ def test_torch_errors_are_400s() -> None:
 TOKENS = [
     "x",
     "y",
+    "s",
+    "t",
     "1",
     "2.5",
+    "-1",
+    "1e999",
     "+",
     "-",
     "*",
@@ -343,11 +415,23 @@ TOKENS = [
     ".T",
     " ",
     "exp",
+    "log10",
     "sum",
+    "max",
+    "norm",
     "softmax",
+    "cross_entropy",
+    "reshape",
+    "transpose",
+    "matmul",
+    "clamp",
     "dim=",
+    "keepdim=True",
+    "p=",
+    "reduction='none'",
     "0",
     "<",
+    "==",
     "where",
     "\n",
     "=",
@@ -358,19 +442,104 @@ TOKENS = [
     ".",
     "...",
 ]
+OPTION_NAMES = sorted({arg.name for function in FUNCTIONS.values() for arg in function.args} | {"shape", "bogus"})
+OPTION_VALUES = ["0", "1", "-1", "3", "-7", "True", "False", "2.5", "0.0", "-0.5", "None", "1e999", "-1e999", "x"]
+OPTION_VALUES += ["'mean'", "'none'", "'batchmean'", "'tanh'", "'2'", "'e'", "'bogus'", "2 ** 70", "(1)"]
+ATOMS = ["x", "y", "s", "t", "1", "-2", "0.5", "0", "x[0]", "y[-1, ...]", "y.T", "x[::2]", "x > 0", "y == y"]
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.one_of(st.text(max_size=60), st.lists(st.sampled_from(TOKENS), max_size=25).map("".join)))
-def test_fuzzed_sources_compile_run_or_are_refused_cleanly(source: str) -> None:
-    inputs = {"x": torch.tensor([0.5, -1.5], dtype=F64), "y": torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=F64)}
-    outcome = "computed"
+def _call(name: str, arguments: list[str], options: list[tuple[str, str]]) -> str:
+    return f"{name}({', '.join([*arguments, *(f'{key}={value}' for key, value in options)])})"
+
+
+def _extend(children: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    calls = st.builds(
+        _call,
+        st.sampled_from(sorted(FUNCTIONS)),
+        st.lists(st.one_of(children, st.sampled_from(OPTION_VALUES)), max_size=4),
+        st.lists(st.tuples(st.sampled_from(OPTION_NAMES), st.sampled_from(OPTION_VALUES)), max_size=3),
+    )
+    operators = st.builds(
+        "({}) {} ({})".format, children, st.sampled_from(["+", "-", "*", "/", "**", "@", "<", ">="]), children
+    )
+    postfix = st.builds("({}){}".format, children, st.sampled_from([".T", "[0]", "[-1]", "[1:]", "[..., 0]", "[5]"]))
+    return st.one_of(calls, operators, postfix)
+
+
+CALLS = st.recursive(st.sampled_from(ATOMS), _extend, max_leaves=8)
+"""Calls of every function with arguments and options of every kind, right or wrong."""
+FUZZED_SOURCES = st.one_of(st.text(max_size=60), st.lists(st.sampled_from(TOKENS), max_size=25).map("".join), CALLS)
+FUZZ_INPUTS = {
+    "x": torch.tensor([0.5, -1.5], dtype=F64),
+    "y": torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=F64),
+    "s": torch.tensor(0.25, dtype=F64),
+    "t": torch.tensor([1, 0]),
+}
+
+
+def fuzz_outcome(source: str, wanted: tuple[Derivative, ...] = ("grad",)) -> str:
+    """ "computed", or the type of the 4xx ServiceError that refused ``source``; anything else
+    (another exception, a ServiceError answered 5xx) is a bug and fails the caller."""
+    refusal: ServiceError | None = None
     try:
-        program = compile_program(source, frozenset(inputs), F64, CPU, LIMITS)
-        differentiate(program, inputs, None, ["grad"], max_entries=10_000)
+        program = compile_program(source, frozenset(FUZZ_INPUTS), F64, CPU, LIMITS)
+        differentiate(program, FUZZ_INPUTS, None, wanted, max_entries=10_000)
     except ServiceError as error:
-        outcome = error.message
-    assert outcome
+        refusal = error
+    if refusal is None:
+        return "computed"
+    status = status_code_for(refusal)
+    assert 400 <= status < 500, f"{source!r}: {status} {type(refusal).__name__} {refusal.message}"
+    assert refusal.message, source
+    return refusal.error_type
+
+
+@settings(max_examples=examples(300), suppress_health_check=[HealthCheck.too_slow])
+@given(FUZZED_SOURCES, st.sampled_from([("grad",), ("grad", "jacobian"), ("hessian",)]))
+def test_fuzzed_sources_compile_run_or_are_refused_cleanly(source: str, wanted: tuple[Derivative, ...]) -> None:
+    event(fuzz_outcome(source, wanted))
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "x + 1",
+        "sum(y, dim=1, keepdim=True)",
+        "cross_entropy(y, t)",
+        "norm(x, p=1e999) + where(x > 0, x, -x)[0]",
+        "a = y @ x\nlogsumexp(a)",
+    ],
+)
+def test_the_fuzz_harness_computes_valid_sources(source: str) -> None:
+    assert fuzz_outcome(source, ("grad", "jacobian")) == "computed"
+
+
+@pytest.mark.parametrize(
+    ("source", "error_type"),
+    [("x +", "invalid_expression"), ("x @ y @ y @ t", "computation_failed"), ("x" * 20_000, "expression_too_long")],
+)
+def test_the_fuzz_harness_reports_refusals(source: str, error_type: str) -> None:
+    assert fuzz_outcome(source) == error_type
+
+
+DTYPE_REFUSALS = [
+    "(x > 0) ** (x > 0)",
+    "(x > 0) @ (x > 0)",
+    "log_softmax((x > 0)[-1])",
+    "logsigmoid(y == y)",
+    "mish(x > 0)",
+    "softmax(t)",
+    "mse(t, x)",
+    "huber(x > 0, x)",
+]
+"""Booleans (comparisons) and integer inputs where a function needs floats (found by the fuzzer):
+torch raises NotImplementedError about the dtype, or the loss code trips over it (a KeyError in
+loss_value). Either way it is the client's input: a 4xx, not a 500."""
+
+
+@pytest.mark.parametrize("source", DTYPE_REFUSALS)
+def test_booleans_or_integers_where_floats_are_needed_are_client_errors(source: str) -> None:
+    assert fuzz_outcome(source) != "computed"
 
 
 def test_cpu_out_of_memory_is_a_503_not_a_400() -> None:
