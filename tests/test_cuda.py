@@ -86,12 +86,13 @@ def test_optimisation_on_cuda_matches_cpu(client: AppClient) -> None:
 @pytest.mark.parametrize("spec", [spec for spec in OPTIMIZERS if spec.elementwise], ids=lambda spec: spec.name)
 def test_batched_runs_on_cuda_equal_independent_loops(spec: OptimizerSpec) -> None:
     himmelblau = OBJECTIVES.get("himmelblau")
-    settings = {**spec.defaults(), "lr": 1e-3}
+    request = {"lr": 1e-3}
+    settings = {**spec.defaults(), **request}
     starts = STARTS.cuda()
     runs = optimize(Objective(himmelblau.fn, True), starts, [(spec, settings)], Schedule(300, 100)).runs()
     for run, start in zip(runs, starts, strict=True):
         assert run.x.device.type == "cuda"
-        expected = independent_loop(spec, settings, himmelblau.fn, start, 300)
+        expected = independent_loop(spec.name, request, himmelblau.fn, start, 300)
         torch.testing.assert_close(run.x, expected, rtol=0, atol=1e-7)
 
 
