@@ -62,9 +62,9 @@ class torch_errors:  # noqa: N801  # used as a context manager, like contextlib'
 
     Only what torch raises about its arguments is the client's fault: a ``RuntimeError`` (with
     ``NotImplementedError``), ``IndexError`` or ``ValueError`` raised by torch (its C++ core or its
-    Python code). Anything
-    else (a ``TypeError``, ``KeyError``, ``AttributeError``, an ``assert``, or a ``raise`` in this
-    package's own code) is a bug and goes up unchanged, to be answered as a logged 500.
+    Python code). Anything else (a ``TypeError``, ``KeyError``, ``AttributeError``, an ``assert``,
+    or a ``raise`` in this package's own code) is a bug and goes up unchanged, to be answered as a
+    logged 500.
 
     A class rather than a generator context manager: it wraps every request's computation, and
     entering and leaving a generator costs a small request a few microseconds more."""
