@@ -5,6 +5,7 @@ autograd, bitwise. tests/compute/test_oracles.py adds parameter values beyond th
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -13,8 +14,10 @@ import torch
 
 from service.compute.activations import ACTIVATIONS, SMALL_ONES, evaluate_activation, ones_for
 from service.compute.registry import OpSpec, Sample
-from service.errors import InvalidInput, LimitExceeded
+from service.errors import InvalidInput, LimitExceeded, NotFound
 from tests import oracles
+from tests.conftest import AppClient
+from tests.helpers import assert_error, from_wire
 
 TIGHT: dict[str, Any] = {"rtol": 1e-12, "atol": 1e-12}
 # Central differences in float64 with this step are good to about 3e-9 (rounding of values up to
@@ -302,3 +305,124 @@ def test_dim_out_of_range_is_invalid_input(name: str, params: dict[str, Any], sh
     with pytest.raises(InvalidInput) as caught:
         evaluate_activation(ACTIVATIONS.get(name), torch.ones(shape), params, max_jacobian_elements=1)
     assert caught.value.error_type == "invalid_param"
+
+
+# --- Issue 14: what a client sees, with the expected values written out (not read from the registry).
+
+
+def test_dim_error_names_the_param_and_the_valid_range() -> None:
+    with pytest.raises(InvalidInput) as caught:
+        evaluate_activation(ACTIVATIONS.get("softmax"), torch.ones(2, 2), {"dim": 2}, max_jacobian_elements=1)
+    assert caught.value.body() == {
+        "error": {
+            "type": "invalid_param",
+            "message": "dim=2 is out of range for an input with 2 dimension(s) (expected -2 <= dim < 2).",
+            "param": "dim",
+        }
+    }
+
+
+def test_hardtanh_accepts_equal_bounds_and_refuses_crossed_ones() -> None:
+    spec = ACTIVATIONS.get("hardtanh")
+    x = torch.tensor([-2.0, 0.25, 3.0], dtype=torch.float64)
+    result = evaluate_activation(spec, x, {"min_val": 0.5, "max_val": 0.5}, max_jacobian_elements=1)
+    assert result.output.tolist() == [0.5, 0.5, 0.5]
+    assert result.grad.tolist() == [0.0, 0.0, 0.0]
+    with pytest.raises(InvalidInput) as caught:
+        evaluate_activation(spec, x, {"min_val": 0.75, "max_val": 0.5}, max_jacobian_elements=1)
+    assert caught.value.body() == {
+        "error": {"type": "invalid_param", "message": "min_val must not exceed max_val.", "param": "min_val"}
+    }
+
+
+def test_second_order_of_a_non_elementwise_activation_explains_itself() -> None:
+    with pytest.raises(InvalidInput) as caught:
+        evaluate_activation(
+            ACTIVATIONS.get("log_softmax"), torch.ones(3), {"dim": 0}, second_order=True, max_jacobian_elements=9
+        )
+    assert caught.value.message == (
+        "log_softmax is not elementwise, so it has no elementwise second derivative; "
+        "ask for the jacobian, or differentiate an expression for its Hessian."
+    )
+
+
+def test_grad_output_of_the_wrong_shape_is_a_shape_mismatch() -> None:
+    with pytest.raises(InvalidInput) as caught:
+        evaluate_activation(
+            ACTIVATIONS.get("tanh"), torch.ones(2, 3), {}, grad_output=torch.ones(3, 2), max_jacobian_elements=1
+        )
+    assert caught.value.error_type == "shape_mismatch"
+    assert caught.value.message == "grad_output has shape [3, 2], but tanh's output has shape [2, 3]."
+
+
+def test_an_unknown_activation_is_an_unknown_activation() -> None:
+    with pytest.raises(NotFound) as caught:
+        ACTIVATIONS.get("nope")
+    assert caught.value.error_type == "unknown_activation"
+
+
+def test_what_was_not_asked_for_is_none() -> None:
+    result = evaluate_activation(ACTIVATIONS.get("relu"), torch.ones(3), {}, max_jacobian_elements=1)
+    assert result.grad2 is None
+    assert result.jacobian is None
+
+
+def test_the_default_cotangent_lives_on_the_outputs_device() -> None:
+    # Only CPU outputs share the cached ones; any other device gets its own (meta stands in for cuda).
+    ones = ones_for(torch.empty(3, device="meta"))
+    assert ones.device.type == "meta"
+    assert ones.shape == (3,)
+
+
+def test_softplus_is_exactly_linear_above_its_default_threshold() -> None:
+    # beta * x = 20.5 > threshold = 20: the output is x itself and the slope exactly 1; the smooth
+    # branch would give x + exp(-20.5) (about 1.2e-9 more) and a slope 1.2e-9 short of 1.
+    x = torch.tensor([20.5], dtype=torch.float64)
+    result = evaluate_activation(
+        ACTIVATIONS.get("softplus"), x, {"beta": 1.0, "threshold": 20.0}, max_jacobian_elements=1
+    )
+    assert result.output.tolist() == [20.5]
+    assert result.grad.tolist() == [1.0]
+    assert ACTIVATIONS.get("softplus").defaults() == {"beta": 1.0, "threshold": 20.0}
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "x", "expected"),
+    [
+        ("softplus", {"beta": 0.5}, 0.0, 2 * math.log(2.0)),
+        ("softplus", {"threshold": 0.5}, 1.0, 1.0),
+        ("celu", {"alpha": 0.5}, -1.0, 0.5 * (math.exp(-2.0) - 1.0)),
+        ("softshrink", {"lambd": 0.5}, 2.0, 1.5),
+        ("softshrink", {"lambd": 0.0}, 2.0, 2.0),
+        ("hardshrink", {"lambd": 0.5}, 0.25, 0.0),
+        ("hardshrink", {"lambd": 0.0}, 0.25, 0.25),
+        ("gelu", {"approximate": "none"}, 0.0, 0.0),
+        ("gelu", {"approximate": "tanh"}, 0.0, 0.0),
+    ],
+)
+def test_params_just_inside_their_bounds_are_accepted(
+    client: AppClient, name: str, params: dict[str, Any], x: float, expected: float
+) -> None:
+    response = client.post(f"/v1/activations/{name}", json={"input": [x], "params": params, "dtype": "float64"})
+    assert response.status_code == 200, response.text
+    output = from_wire(response.json()["output"], torch.float64)
+    assert output.tolist() == pytest.approx([expected], rel=1e-12, abs=1e-15)
+
+
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [
+        ("softplus", {"beta": 0.0}),
+        ("softplus", {"threshold": 0.0}),
+        ("celu", {"alpha": 0.0}),
+        ("softshrink", {"lambd": -0.5}),
+        ("hardshrink", {"lambd": -0.5}),
+        ("gelu", {"approximate": "erf"}),
+    ],
+)
+def test_params_outside_their_bounds_are_validation_errors(
+    client: AppClient, name: str, params: dict[str, Any]
+) -> None:
+    assert_error(
+        client.post(f"/v1/activations/{name}", json={"input": [1.0], "params": params}), 422, "validation_error"
+    )

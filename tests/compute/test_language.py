@@ -1374,3 +1374,51 @@ def test_random_formulas_of_any_shape_equal_independent_torch(program: Program, 
     for i, name in enumerate(names):
         torch.testing.assert_close(result.grad[name], vjps[i], **scaled(tolerance, vjps[i]))
         torch.testing.assert_close(result.jacobian[name], jacobians[i], **scaled(tolerance, jacobians[i]))
+
+
+# --- Issue 14: the names and signatures a client writes and reads (GET /v1/functions), spelled out.
+
+
+@pytest.mark.parametrize(
+    ("name", "signature"),
+    [
+        ("sum", "sum(x: tensor, dim: optional_int = None, keepdim: bool = False)"),
+        ("gelu", "gelu(x: tensor, approximate: str in none|tanh = 'none')"),
+        ("reshape", "reshape(x: tensor, *shape: int)"),
+        ("minimum", "minimum(a: tensor, b: tensor)"),
+        ("dot", "dot(a: tensor, b: tensor)"),
+        ("clamp", "clamp(x: tensor, min: optional_float = None, max: optional_float = None)"),
+        ("hardtanh", "hardtanh(x: tensor, min_val: float = -1.0, max_val: float = 1.0)"),
+        ("exp", "exp(x: tensor)"),
+    ],
+)
+def test_signatures_as_the_catalog_shows_them(name: str, signature: str) -> None:
+    assert FUNCTIONS[name].signature() == signature
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("minimum(a=x, b=y)", lambda x, y: torch.minimum(x, y)),
+        ("minimum(b=y, a=x)", lambda x, y: torch.minimum(x, y)),
+        ("maximum(b=y, a=x)", lambda x, y: torch.maximum(x, y)),
+        ("dot(a=x, b=y)", lambda x, y: torch.dot(x, y)),
+        ("dot(b=y, a=x)", lambda x, y: torch.dot(x, y)),
+        ("exp(x=y)", lambda x, y: torch.exp(y)),
+        ("sum(x=y, dim=0)", lambda x, y: torch.sum(y, dim=0)),
+        ("reshape(x, 3, 1)", lambda x, y: x.reshape(3, 1)),
+    ],
+)
+def test_tensor_arguments_by_their_keyword_names(
+    source: str, expected: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+) -> None:
+    inputs = {"x": torch.tensor([1.0, -2.0, 3.0], dtype=F64), "y": torch.tensor([0.5, 4.0, -1.0], dtype=F64)}
+    program = compile_program(source, frozenset(inputs), F64, CPU, LIMITS)
+    value = differentiate(program, inputs, None, [], max_entries=10**6).value
+    torch.testing.assert_close(value, expected(inputs["x"], inputs["y"]), rtol=0, atol=0)
+
+
+def test_a_wrong_keyword_is_refused_with_the_signature() -> None:
+    inputs = {"x": torch.ones(2, dtype=F64)}
+    with pytest.raises(InvalidInput, match=r"minimum has no argument 'c': minimum\(a: tensor, b: tensor\)"):
+        compile_program("minimum(a=x, c=x)", frozenset(inputs), F64, CPU, LIMITS)
