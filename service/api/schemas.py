@@ -330,15 +330,18 @@ def params_model(spec: NamedSpec) -> type[BaseModel]:
 
 def _param_field(param: Param) -> tuple[Any, Any]:
     annotation: Any
+    constraints = {key: getattr(param, key) for key in ("ge", "gt", "le", "lt") if getattr(param, key) is not None}
     if param.tensor:
         annotation = Tensor | None
     elif isinstance(param.default, tuple):
-        annotation = Annotated[list[float], Field(min_length=len(param.default), max_length=len(param.default))]
+        length = len(param.default)
+        element = Annotated[float, Field(**constraints)]
+        annotation = Annotated[list[element], Field(min_length=length, max_length=length)]
+        constraints = {}
     elif param.choices:
         annotation = Literal[param.choices]
     else:
         annotation = param.python_type
-    constraints = {key: getattr(param, key) for key in ("ge", "gt", "le", "lt") if getattr(param, key) is not None}
     return annotation, Field(param.default, description=param.description, **constraints)
 
 

@@ -41,7 +41,7 @@ class OptimizerSpec:
         """Steps that take the gradient as an argument: the fused kernel where there is one."""
         if self.fused is not None:
             return self.fused(parameter, settings)
-        return OptimizerUpdate(self.build(parameter.requires_grad_(True), settings), parameter)
+        return OptimizerUpdate(self.build(parameter, settings), parameter)
 
 
 class Update(Protocol):
@@ -135,7 +135,7 @@ def lr(default: float) -> Param:
     return Param("lr", default, "Learning rate.", gt=0.0)
 
 
-BETAS = Param("betas", (0.9, 0.999), "Decay rates of the first and second moment averages.")
+BETAS = Param("betas", (0.9, 0.999), "Decay rates of the first and second moment averages.", ge=0.0, lt=1.0)
 WEIGHT_DECAY = Param("weight_decay", 0.0, "L2 penalty.", ge=0.0)
 
 

@@ -29,6 +29,7 @@ class Param:
     gt: float | None = None
     le: float | None = None
     lt: float | None = None
+    """The bounds (``ge``, ``gt``, ``le``, ``lt``) of a tuple-valued parameter bind each element."""
     tensor: bool = False
     """A tensor-valued parameter (such as pos_weight), decoded like any request tensor."""
 

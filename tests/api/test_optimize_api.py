@@ -236,6 +236,18 @@ BAD: list[tuple[str, dict[str, Any], int, str]] = [
     ),
     (
         "/v1/optimize",
+        {"objective": "himmelblau", "x0": [1, 0], "optimizer": {"name": "adam", "betas": [0.9, 1.0]}},
+        422,
+        "validation_error",
+    ),
+    (
+        "/v1/optimize",
+        {"objective": "himmelblau", "x0": [1, 0], "optimizer": {"name": "adamw", "betas": [1.5, 0.999]}},
+        422,
+        "validation_error",
+    ),
+    (
+        "/v1/optimize",
         {"objective": "himmelblau", "x0": [1, 0], "optimizer": {"name": "sgd", "nesterov": True}},
         400,
         "computation_failed",

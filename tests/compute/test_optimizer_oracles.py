@@ -35,13 +35,16 @@ from typing import Any
 
 import pytest
 import torch
+from fastapi.exceptions import RequestValidationError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from service.api.context import validate_params
 from service.compute.objectives import OBJECTIVES
 from service.compute.optimize import Objective, Run, Schedule, optimize
 from service.compute.optimizers import OPTIMIZERS, FusedAdam
 from service.compute.traced import trace_value_and_grad
+from service.errors import NotFound
 from tests.helpers import examples
 
 F64 = torch.float64
@@ -416,16 +419,157 @@ def test_given_and_default_values_reach_torch(name: str, request_values: dict[st
         assert_runs_match([one], [expected])
 
 
-@pytest.mark.parametrize("name", sorted(FUSED))
-@pytest.mark.xfail(
-    strict=True,
-    reason="a service bug: FusedAdam does not check betas as torch.optim.Adam/AdamW do (betas [1.5, 0.999] run "
-    "on the traced path, and are refused only where tracing fails)",
+RANGES: dict[str, dict[str, str]] = {
+    "sgd": {"lr": "(0, inf)", "momentum": "[0, inf)", "dampening": "[0, inf)", "weight_decay": "[0, inf)"},
+    "adam": {"lr": "(0, inf)", "betas": "[0, 1)", "eps": "(0, inf)", "weight_decay": "[0, inf)"},
+    "adamw": {"lr": "(0, inf)", "betas": "[0, 1)", "eps": "(0, inf)", "weight_decay": "[0, inf)"},
+    "rmsprop": {
+        "lr": "(0, inf)",
+        "alpha": "[0, 1]",
+        "eps": "(0, inf)",
+        "weight_decay": "[0, inf)",
+        "momentum": "[0, inf)",
+    },
+    "adagrad": {
+        "lr": "(0, inf)",
+        "lr_decay": "[0, inf)",
+        "weight_decay": "[0, inf)",
+        "initial_accumulator_value": "[0, inf)",
+        "eps": "(0, inf)",
+    },
+    "adadelta": {"lr": "(0, inf)", "rho": "[0, 1]", "eps": "(0, inf)", "weight_decay": "[0, inf)"},
+    "adamax": {"lr": "(0, inf)", "betas": "[0, 1)", "eps": "(0, inf)", "weight_decay": "[0, inf)"},
+    "nadam": {
+        "lr": "(0, inf)",
+        "betas": "[0, 1)",
+        "eps": "(0, inf)",
+        "weight_decay": "[0, inf)",
+        "momentum_decay": "[0, inf)",
+    },
+    "radam": {"lr": "(0, inf)", "betas": "[0, 1)", "eps": "(0, inf)", "weight_decay": "[0, inf)"},
+    "lbfgs": {
+        "lr": "(0, inf)",
+        "max_iter": "[1, 1000]",
+        "history_size": "[1, 1000]",
+        "tolerance_grad": "[0, inf)",
+        "tolerance_change": "[0, inf)",
+    },
+}
+"""The documented range of every bounded hyper-parameter (betas: each of the two)."""
+
+
+@dataclass(frozen=True)
+class Bound:
+    """One end of a documented range: the value there and whether the range includes it."""
+
+    value: float
+    closed: bool
+    upper: bool
+
+    def probes(self, integer: bool) -> list[tuple[float, bool]]:
+        """Values at, just inside and just outside this end, each with whether it is in range."""
+        inward = -math.inf if self.upper else math.inf
+        inside = self.value + (-1 if self.upper else 1) if integer else math.nextafter(self.value, inward)
+        outside = self.value + (1 if self.upper else -1) if integer else math.nextafter(self.value, -inward)
+        return [(self.value, self.closed), (inside, True), (outside, False)]
+
+
+def bounds(interval: str) -> list[Bound]:
+    """The finite ends of "[0, 1)"-style interval text."""
+    low, high = (part.strip() for part in interval[1:-1].split(","))
+    ends = [Bound(float(low), interval[0] == "[", upper=False), Bound(float(high), interval[-1] == "]", upper=True)]
+    return [end for end in ends if math.isfinite(end.value)]
+
+
+def request_values(name: str, param: str, value: float) -> list[dict[str, Any]]:
+    """Requests setting one value; for betas, one for each beta (the other one at 0.5)."""
+    if param == "betas":
+        return [{"betas": [value, 0.5]}, {"betas": [0.5, value]}]
+    default = OPTIMIZERS.get(name).defaults()[param]
+    return [{param: int(value) if isinstance(default, int) else value}]
+
+
+def accepted(name: str, values: dict[str, Any]) -> bool:
+    """Whether the service's request validation takes these optimizer values."""
+    try:
+        validate_params(OPTIMIZERS.get(name), values)
+    except RequestValidationError as exc:
+        errors = exc.errors()
+    else:
+        return True
+    assert all(error["loc"][:3] == ("body", "params", next(iter(values))) for error in errors), errors
+    return False
+
+
+def torch_accepts(name: str, values: Mapping[str, Any]) -> bool:
+    try:
+        TORCH_CLASSES[name]([torch.zeros(2, dtype=F64, requires_grad=True)], **torch_kwargs(name, values))
+    except ValueError:
+        return False
+    return True
+
+
+BOUND_CASES = [
+    (name, param, bound) for name, ranges in RANGES.items() for param, text in ranges.items() for bound in bounds(text)
+]
+
+
+def test_every_bounded_hyper_parameter_has_a_documented_range() -> None:
+    bounded = {
+        (spec.name, param.name)
+        for spec in OPTIMIZERS
+        for param in spec.params
+        if any(getattr(param, key) is not None for key in ("ge", "gt", "le", "lt"))
+    }
+    assert bounded == {(name, param) for name, ranges in RANGES.items() for param in ranges}
+
+
+@pytest.mark.parametrize(
+    ("name", "param", "bound"),
+    BOUND_CASES,
+    ids=[f"{name}-{param}-{'upper' if bound.upper else 'lower'}" for name, param, bound in BOUND_CASES],
 )
-def test_betas_torch_refuses_are_refused(name: str) -> None:
-    request = {"betas": [1.5, 0.999]}
-    with pytest.raises(ValueError, match="beta"):
-        TORCH_CLASSES[name]([torch.zeros(2, requires_grad=True)], **torch_kwargs(name, request))
-    spec = OPTIMIZERS.get(name)
-    with pytest.raises(ValueError, match="beta"):
-        optimize(OBJECTIVE_PATHS["traced"], SEVERAL, [(spec, service_settings(name, request))], Schedule(3, 1))
+def test_values_at_and_either_side_of_each_bound(name: str, param: str, bound: Bound) -> None:
+    """At a closed end the value is taken, at an open one refused; just inside taken, just
+    outside refused; and torch's own class takes every value the service takes."""
+    integer = isinstance(OPTIMIZERS.get(name).defaults()[param], int)
+    for value, inside in bound.probes(integer):
+        for values in request_values(name, param, value):
+            assert accepted(name, values) == inside, values
+            if inside:
+                assert torch_accepts(name, values), values
+
+
+@pytest.mark.parametrize("name", list(TORCH_CLASSES))
+def test_every_value_torch_refuses_is_a_validation_error(name: str) -> None:
+    """torch.optim's constructors refuse some values with ValueError; the service refuses each
+    of them before any work starts (it refuses more: lr 0, eps 0, rmsprop's alpha above 1)."""
+    grid = [-1.0, -1e-300, 0.0, 1e-300, 0.5, 1.0, 1.0 + 2**-52, 2.0, 1e300]
+    refused_by_torch = 0
+    for param in OPTIMIZERS.get(name).defaults():
+        if param not in RANGES[name]:
+            continue
+        for value in grid:
+            for values in request_values(name, param, value):
+                if not torch_accepts(name, values):
+                    refused_by_torch += 1
+                    assert not accepted(name, values), values
+    assert refused_by_torch > 0  # torch checks at least lr < 0 in every class
+
+
+@pytest.mark.parametrize("choice", ["strong_wolfe", "none"])
+def test_lbfgs_line_search_choices_are_taken(choice: str) -> None:
+    assert accepted("lbfgs", {"line_search_fn": choice})
+    assert torch_accepts("lbfgs", {"line_search_fn": choice})
+
+
+@pytest.mark.parametrize("choice", ["backtracking", "None", "", "strong-wolfe"])
+def test_other_line_searches_are_validation_errors(choice: str) -> None:
+    assert not accepted("lbfgs", {"line_search_fn": choice})
+
+
+def test_an_unknown_optimizer_is_not_found_with_the_known_names() -> None:
+    with pytest.raises(NotFound) as caught:
+        OPTIMIZERS.get("adamm")
+    assert caught.value.error_type == "unknown_optimizer"
+    assert "There is no optimizer named 'adamm'" in str(caught.value)
