@@ -1,13 +1,14 @@
 """Domain exceptions, free of HTTP, and the one table that maps them to status codes.
 
 ServiceError
-├── InvalidInput        400  the input is well-formed JSON but makes no sense (ragged, wrong dtype, ...)
+├── InvalidInput          400  the input is well-formed JSON but makes no sense (ragged, wrong dtype, ...)
 │   └── DeviceUnavailable 400  cuda asked for and absent
-├── Unauthorized        401
-├── NotFound            404  unknown activation, loss, objective, optimizer
-├── LimitExceeded       413  a configured size limit is exceeded
-├── Overloaded          503  no compute slot and no room to wait (also GPU out of memory)
-└── DeadlineExceeded    504  the request's time budget ran out
+├── Unauthorized          401
+├── NotFound              404  unknown activation, loss, objective, optimizer
+├── LimitExceeded         413  a configured size limit is exceeded
+├── UnsupportedMediaType  415  the body is not sent as JSON
+├── Overloaded            503  no compute slot and no room to wait (also GPU out of memory)
+└── DeadlineExceeded      504  the request's time budget ran out
 """
 
 from __future__ import annotations
@@ -57,6 +58,14 @@ class NotFound(ServiceError):
 
 class LimitExceeded(ServiceError):
     error_type = "limit_exceeded"
+
+
+def check_limit(amount: int, limit: int, what: str, error_type: str) -> None:
+    """Refuse ``amount`` of ``what`` over its configured ``limit``: a 413 naming both."""
+    if amount > limit:
+        raise LimitExceeded(
+            f"This request needs {amount} {what}, over the limit of {limit}.", error_type=error_type, limit=limit
+        )
 
 
 class UnsupportedMediaType(ServiceError):

@@ -6,7 +6,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import torch
@@ -54,67 +54,81 @@ def warm_up() -> None:
 
 
 class GradientService(FastAPI):
-    """The FastAPI application with its settings and metrics as plain attributes, which routes
-    read on every request (``app.state`` answers only after a failed attribute lookup)."""
+    """The FastAPI application with what routes read on every request as typed attributes
+    (``app.state`` answers only after a failed attribute lookup): the settings, the metrics,
+    and, once the lifespan has started, the compute pool, the step compiler and readiness."""
 
     def __init__(self, settings: Settings, **options: Any) -> None:
         super().__init__(**options)
         self.settings = settings
         self.metrics = Metrics()
+        self.compute_pool = ComputePool(
+            settings.effective_max_concurrency(),
+            settings.max_queue,
+            settings.retry_after_s,
+            on_overload=self.metrics.rejections.labels("overloaded").inc,
+        )
+        self.chunk_compiler: ChunkCompiler | None = None
+        """Compiles long Adam runs' steps (see ``compiled``); None without a C++ compiler or when off."""
+        self.readiness: Literal["starting", "ready"] = "starting"
 
 
 def create_app(settings: Settings | None = None) -> GradientService:
     """Build the application from ``settings`` (read from GRADIENT_* variables when omitted)."""
     settings = settings or Settings()
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        torch.set_num_threads(settings.effective_torch_threads())
-        pool = ComputePool(
-            settings.effective_max_concurrency(),
-            settings.max_queue,
-            settings.retry_after_s,
-            on_overload=metrics.rejections.labels("overloaded").inc,
-        )
-        metrics.computing.set_function(lambda: pool.running)
-        metrics.queued.set_function(lambda: pool.waiting)
-        app.state.compute_pool = pool
-        app.state.chunk_compiler = None
-        if settings.compile and cxx_available():
-            app.state.chunk_compiler = ChunkCompiler(
-                settings.compile_min_steps,
-                lambda outcome, seconds: metrics.compilations.labels(outcome).observe(seconds),
-            )
-        elif settings.compile:
-            logger.info("no C++ compiler found: optimisation steps will not be compiled")
-        await anyio.to_thread.run_sync(warm_up)
-        # Everything loaded so far (torch, torch.func and their modules) lives as long as the
-        # process: keep it out of the collector's generations, so full collections stay short.
-        gc.collect()
-        gc.freeze()
-        lifecycle.install_drain_handler(settings.drain_s)
-        app.state.readiness = "ready"
-        yield
-        if app.state.chunk_compiler is not None:
-            app.state.chunk_compiler.shutdown()
-
     app = GradientService(
         settings,
         title="Gradient Service",
         version=__version__,
         description=DESCRIPTION,
-        lifespan=lifespan,
+        lifespan=_lifespan,
         # Off unless asked for: even with no OpenTelemetry provider configured, FastAPI looks
         # for one (in the environment) on every request.
         telemetry=None if settings.opentelemetry else {"tracing": False, "metrics": False, "logs": False},
     )
-    metrics = app.metrics
-    app.state.readiness = "starting"
-    # The routes carry their full paths and tags already. Adding them directly, rather than through
-    # include_router's nested routers, saves every request a router-by-router match; putting them
-    # ahead of the documentation routes saves it four more.
-    app.router.routes[:0] = [route for router in ROUTERS for route in router.routes]
+    _add_routes(app)
     install_error_handlers(app)
+    _document(app)
+    _add_middleware(app)
+    return app
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Start up: torch threads, metrics of the pool, the compiler, a warm-up; then ready."""
+    assert isinstance(app, GradientService)
+    settings, metrics, pool = app.settings, app.metrics, app.compute_pool
+    torch.set_num_threads(settings.effective_torch_threads())
+    metrics.computing.set_function(lambda: pool.running)
+    metrics.queued.set_function(lambda: pool.waiting)
+    if settings.compile and cxx_available():
+        app.chunk_compiler = ChunkCompiler(
+            settings.compile_min_steps,
+            lambda outcome, seconds: metrics.compilations.labels(outcome).observe(seconds),
+        )
+    elif settings.compile:
+        logger.info("no C++ compiler found: optimisation steps will not be compiled")
+    await anyio.to_thread.run_sync(warm_up)
+    # Everything loaded so far (torch, torch.func and their modules) lives as long as the
+    # process: keep it out of the collector's generations, so full collections stay short.
+    gc.collect()
+    gc.freeze()
+    lifecycle.install_drain_handler(settings.drain_s)
+    app.readiness = "ready"
+    yield
+    if app.chunk_compiler is not None:
+        app.chunk_compiler.shutdown()
+
+
+def _add_routes(app: GradientService) -> None:
+    """The routes carry their full paths and tags already. Adding them directly, rather than
+    through include_router's nested routers, saves every request a router-by-router match;
+    putting them ahead of the documentation routes saves it four more."""
+    app.router.routes[:0] = [route for router in ROUTERS for route in router.routes]
+
+
+def _document(app: GradientService) -> None:
+    """The OpenAPI, with the request models the compute routes read themselves."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -122,7 +136,11 @@ def create_app(settings: Settings | None = None) -> GradientService:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    # Innermost first: the last one added sees the request first.
+
+
+def _add_middleware(app: GradientService) -> None:
+    """Innermost first: the last one added sees the request first."""
+    settings = app.settings
     if not settings.opentelemetry:  # FastAPI's spans are named by its router, which the lane skips
         compute_routes = [route for route in app.router.routes if isinstance(route, RequestRoute)]
         app.add_middleware(ComputeLane, routes=compute_routes, handlers=app.exception_handlers)
@@ -138,8 +156,7 @@ def create_app(settings: Settings | None = None) -> GradientService:
             allow_headers=["Authorization", "Content-Type", "X-Request-ID", "Accept"],
             expose_headers=["X-Request-ID", "Retry-After"],
         )
-    app.add_middleware(RequestMiddleware, metrics=metrics, access_log=settings.access_log)
-    return app
+    app.add_middleware(RequestMiddleware, metrics=app.metrics, access_log=settings.access_log)
 
 
 def __getattr__(name: str) -> Any:

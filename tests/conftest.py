@@ -12,11 +12,10 @@ from typing import Any
 import anyio.from_thread
 import httpx
 import pytest
-from fastapi import FastAPI
 from hypothesis import HealthCheck, settings
 
 from service.config import Settings
-from service.main import create_app
+from service.main import GradientService, create_app
 
 # Background compiles take tens of seconds of CPU; only the tests about them turn them on (for
 # apps built here and servers started from here alike).
@@ -33,7 +32,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "quick"))
 class AppClient:
     """httpx against an ASGI app, on an event loop in a background thread."""
 
-    def __init__(self, app: FastAPI, root_path: str = "") -> None:
+    def __init__(self, app: GradientService, root_path: str = "") -> None:
         self._stack = contextlib.ExitStack()
         self._portal = self._stack.enter_context(anyio.from_thread.start_blocking_portal())
         self._stack.enter_context(self._portal.wrap_async_context_manager(app.router.lifespan_context(app)))

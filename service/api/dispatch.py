@@ -5,20 +5,24 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import torch
 from fastapi import Request
 
 from service.api.context import ComputeContext
 from service.api.deps import raw_header, settings_of
+from service.api.jsonbody import read_json_body
 from service.api.observability import STARTED_KEY
 from service.api.responses import JSONBytesResponse, dump_json
 from service.api.schemas import ComputeRequest
 from service.compute.runtime import out_of_memory
+from service.config import Settings
 from service.errors import DeadlineExceeded
 
 T = TypeVar("T")
+Body = TypeVar("Body", bound=ComputeRequest)
 
 
 def request_deadline(request: Request) -> float:
@@ -35,7 +39,7 @@ def admit(request: Request, inline: bool = True) -> bool:
     length = raw_header(request.scope, b"content-length")
     if inline and length is not None and length.isdigit() and int(length) <= settings.inline_compute_bytes:
         return True
-    request.app.state.compute_pool.check_room()
+    request.app.compute_pool.check_room()
     return False
 
 
@@ -44,7 +48,7 @@ async def run_compute(request: Request, job: Callable[[], T], inline: bool, dead
     past ``deadline``."""
     if inline:
         return job()
-    return await request.app.state.compute_pool.run(job, deadline)  # type: ignore[no-any-return]
+    return await request.app.compute_pool.run(job, deadline)  # type: ignore[no-any-return]
 
 
 async def compute_response(
@@ -79,3 +83,35 @@ async def compute_response(
             f"The request's time budget of {settings.request_timeout_s:g} s ran out; send less, or ask for fewer steps."
         )
     return JSONBytesResponse(payload)
+
+
+@dataclass
+class Call(Generic[Body]):
+    """A compute request admitted and read: its validated body, the app's settings, and where
+    its computation runs."""
+
+    request: Request
+    body: Body
+    settings: Settings
+    inline: bool
+
+    async def respond(
+        self, compute: Callable[[ComputeContext], dict[str, Any]], *, op: str, enforce_deadline: bool = True
+    ) -> JSONBytesResponse:
+        """``compute_response`` for this call."""
+        return await compute_response(
+            self.request, self.body, compute, op=op, inline=self.inline, enforce_deadline=enforce_deadline
+        )
+
+
+async def accept(
+    request: Request, model: type[Body], *, inline: bool = True, offload: Callable[[Body], bool] | None = None
+) -> Call[Body]:
+    """The preamble of every compute route: admitted (503 before the body is read when the pool
+    is full), then the body read as ``model``. The computation runs inline only if ``inline``,
+    the body is small and ``offload(body)`` is not true (a small body that asks for much)."""
+    runs_inline = admit(request, inline)
+    body = await read_json_body(request, model)
+    if runs_inline and offload is not None and offload(body):
+        runs_inline = admit(request, inline=False)
+    return Call(request, body, settings_of(request), runs_inline)

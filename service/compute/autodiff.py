@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-from service.errors import LimitExceeded
+from service.errors import InvalidInput, check_limit
 
 TensorFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -42,13 +42,8 @@ def elementwise_second_derivative(fn: TensorFn, x: torch.Tensor) -> torch.Tensor
 def check_jacobian_size(output_shape: torch.Size, input_shape: torch.Size, limit: int) -> None:
     """Refuse a Jacobian with more entries than the configured cap, before computing it."""
     entries = output_shape.numel() * input_shape.numel()
-    if entries > limit:
-        raise LimitExceeded(
-            f"The Jacobian would have {entries} entries ({tuple(output_shape)} x "
-            f"{tuple(input_shape)}), over the limit of {limit}.",
-            error_type="jacobian_too_large",
-            limit=limit,
-        )
+    what = f"Jacobian entries ({tuple(output_shape)} x {tuple(input_shape)})"
+    check_limit(entries, limit, what, "jacobian_too_large")
 
 
 def jacobian(fn: TensorFn, x: torch.Tensor) -> torch.Tensor:
@@ -63,10 +58,16 @@ MultiFn = Callable[..., torch.Tensor]
 def value_and_vjp_many(
     fn: MultiFn, xs: tuple[torch.Tensor, ...], grad_output: torch.Tensor | None
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-    """``fn(*xs)`` and ``grad_output^T d fn / d x`` for every x (ones when omitted)."""
+    """``fn(*xs)`` and ``grad_output^T d fn / d x`` for every x (ones when omitted); one forward
+    and one backward pass. A ``grad_output`` not of the value's shape is refused."""
     leaves = tuple(x.detach().requires_grad_(True) for x in xs)
     with torch.enable_grad():
         y = fn(*leaves)
+        if grad_output is not None and grad_output.shape != y.shape:
+            raise InvalidInput(
+                f"grad_output has shape {list(grad_output.shape)}, but the value has shape {list(y.shape)}.",
+                error_type="shape_mismatch",
+            )
         if not leaves:
             return y.detach(), ()
         if not y.requires_grad:

@@ -11,7 +11,7 @@ import torch
 from service.compute.autodiff import hessians, jacobians, value_and_vjp_many
 from service.compute.expressions import Program
 from service.compute.runtime import torch_errors
-from service.errors import InvalidInput, LimitExceeded
+from service.errors import InvalidInput, check_limit
 
 Derivative = Literal["grad", "jacobian", "hessian"]
 
@@ -44,21 +44,16 @@ def differentiate(
 
     xs = tuple(inputs[name] for name in names)
     with torch_errors("the expression"):
-        value, grads = value_and_vjp_many(fn, xs, None)
-        if grad_output is not None:
-            if grad_output.shape != value.shape:
-                raise InvalidInput(
-                    f"grad_output has shape {list(grad_output.shape)}, but the value has shape {list(value.shape)}.",
-                    error_type="shape_mismatch",
-                )
-            value, grads = value_and_vjp_many(fn, xs, grad_output)
+        value, grads = value_and_vjp_many(fn, xs, grad_output)
         jacobian = hessian = None
         inputs_size = sum(x.numel() for x in xs)
         if "jacobian" in wanted:
-            _check_entries("Jacobian", value.numel() * inputs_size, max_entries, "jacobian_too_large")
+            check_limit(value.numel() * inputs_size, max_entries, "Jacobian entries", "jacobian_too_large")
             # Reverse mode runs one backward pass per output element, all at once (vmap).
             working_set = program.budget.peak * value.numel()
-            _check_entries("Jacobian's working set", working_set, program.budget.limit, "jacobian_too_large")
+            check_limit(
+                working_set, program.budget.limit, "elements of working set for the Jacobian", "jacobian_too_large"
+            )
             jacobian = dict(zip(names, jacobians(fn, xs), strict=True)) if xs else {}
         if "hessian" in wanted:
             if value.numel() != 1:
@@ -67,9 +62,11 @@ def differentiate(
                     "reduce it (sum, mean, ...) or ask for the jacobian.",
                     error_type="not_scalar",
                 )
-            _check_entries("Hessian", inputs_size**2, max_entries, "hessian_too_large")
+            check_limit(inputs_size**2, max_entries, "Hessian entries", "hessian_too_large")
             working_set = program.budget.peak * inputs_size
-            _check_entries("Hessian's working set", working_set, program.budget.limit, "hessian_too_large")
+            check_limit(
+                working_set, program.budget.limit, "elements of working set for the Hessian", "hessian_too_large"
+            )
             blocks = hessians(lambda *values: fn(*values).reshape(()), xs) if xs else ()
             hessian = {row: dict(zip(names, blocks[i], strict=True)) for i, row in enumerate(names)}
     return Derivatives(
@@ -92,10 +89,3 @@ def _wrt_names(inputs: Mapping[str, torch.Tensor], wrt: Iterable[str] | None) ->
     if len(set(names)) != len(names):
         raise InvalidInput("wrt names an input twice.", error_type="invalid_wrt")
     return names
-
-
-def _check_entries(what: str, entries: int, limit: int, error_type: str) -> None:
-    if entries > limit:
-        raise LimitExceeded(
-            f"The {what} would have {entries} entries, over the limit of {limit}.", error_type=error_type, limit=limit
-        )

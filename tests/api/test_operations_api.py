@@ -218,7 +218,7 @@ def test_a_small_body_asking_for_a_jacobian_goes_to_the_compute_pool(
     make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     client = make_client()
-    pool = client.app.state.compute_pool
+    pool = client.app.compute_pool
     pooled: list[str] = []
     run = pool.run
 

@@ -486,7 +486,9 @@ def test_a_long_adam_run_is_compiled_after_it_and_the_next_one_uses_the_kernel(m
         "dtype": "float64",
     }
     first = client.post("/v1/optimize", json=body).json()["runs"]
-    client.app.state.chunk_compiler.wait()
+    compiler = client.app.chunk_compiler
+    assert compiler is not None
+    compiler.wait()
     metrics = client.get("/metrics").text
     assert 'gradient_compilations_seconds_count{outcome="compiled"} 1.0' in metrics
     second = client.post("/v1/optimize", json=body).json()["runs"]

@@ -63,6 +63,9 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 VIEWPORT: ViewportSize = {"width": 1440, "height": 1000}
+MODULES = ("main", "api", "plot", "ui", "activations", "losses", "optimizers", "expressions")
+"""The page's script: ES modules under /web/ (main.js imports the others)."""
+JAVASCRIPT = ("text/javascript", "application/javascript")  # a module script needs a JavaScript MIME type
 TIMEOUT_MS = 30_000
 
 
@@ -177,8 +180,14 @@ def test_page_and_assets_are_served_but_not_documented(server: str) -> None:
     assert page.headers["content-type"].startswith("text/html")
     assert "default-src 'self'" in page.headers["content-security-policy"]
     assert 'data-testid="run-optimizer"' in page.text
-    for asset in ("/web/app.js", "/web/style.css", "/web/vendor/plotly.min.js", "/web/vendor/LICENSE-plotly.txt"):
+    for asset in ("/web/style.css", "/web/vendor/plotly.min.js", "/web/vendor/LICENSE-plotly.txt"):
         assert httpx.get(f"{server}{asset}").status_code == 200, asset
+    for name in MODULES:
+        module = httpx.get(f"{server}/web/{name}.js")
+        assert module.status_code == 200, name
+        assert module.headers["content-type"].split(";")[0].strip() in JAVASCRIPT, name
+    assert '<script type="module" src="/web/main.js"></script>' in page.text
+    assert httpx.get(f"{server}/web/app.js").status_code == 404  # the modules replaced it
     missing = httpx.get(f"{server}/web/nothing-here.js")
     assert missing.status_code == 404
     assert missing.json()["error"]["type"] == "not_found"
@@ -196,6 +205,46 @@ def test_the_page_loads_cleanly_and_stays_on_its_origin(session: Session) -> Non
     assert page.url.endswith("#activations")
     assert any(url.endswith("/web/vendor/plotly.min.js") for url in session.requests)
     session.assert_clean()
+
+
+def test_the_script_runs_as_es_modules_without_errors_or_csp_violations(session: Session) -> None:
+    page = session.page
+    # Init scripts are not subject to the page's CSP: this listener sees every violation from the start.
+    page.add_init_script(
+        "window.__violations = [];"
+        "document.addEventListener('securitypolicyviolation',"
+        " (e) => window.__violations.push(e.violatedDirective + ' ' + e.blockedURI));"
+    )
+    scripts: dict[str, str] = {}
+
+    def on_response(response: Response) -> None:
+        if response.url.startswith(f"{session.base}/web/") and response.url.endswith(".js"):
+            scripts[response.url.removeprefix(f"{session.base}/web/")] = response.headers.get("content-type", "")
+
+    page.on("response", on_response)
+    session.open()
+    wait_for_plot(page, "activation-plot", 3)
+    tags = page.evaluate("Array.from(document.querySelectorAll('script[src]'), (s) => [s.getAttribute('src'), s.type])")
+    assert tags == [["/web/vendor/plotly.min.js", ""], ["/web/main.js", "module"]]
+    tabs = (("losses", "loss-plot", 2), ("optimizers", "landscape-plot", 3), ("expressions", "hessian-plot", 1))
+    for tab, plot, at_least in tabs:
+        page.get_by_test_id(f"tab-{tab}").click()
+        wait_for_plot(page, plot, at_least)
+    assert page.url.endswith("#expressions")
+
+    assert sorted(scripts) == sorted([*(f"{name}.js" for name in MODULES), "vendor/plotly.min.js"])
+    for name, content_type in scripts.items():
+        assert content_type.split(";")[0].strip() in JAVASCRIPT, name
+    assert page.evaluate("window.__violations") == []
+    session.assert_clean()
+
+    # The listener does catch a violation: an inline script is refused by the page's policy.
+    page.evaluate(
+        "() => { const s = document.createElement('script');"
+        " s.textContent = 'window.__ran = 1'; document.head.append(s); }"
+    )
+    assert "script-src-elem inline" in wait_until(page, "window.__violations.join('; ')")
+    assert page.evaluate("window.__ran === undefined")
 
 
 def test_activations_tab_draws_derivatives_and_params(session: Session) -> None:

@@ -546,3 +546,26 @@ def test_cpu_out_of_memory_is_a_503_not_a_400() -> None:
     with pytest.raises(Overloaded) as caught, torch_errors("a test"):
         torch.empty(2**40, dtype=torch.float64)  # 8 TiB
     assert caught.value.error_type == "out_of_memory"
+
+
+def test_a_vjp_with_grad_output_runs_the_formula_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One forward and one backward pass: the cotangent's shape is checked against the value
+    as it is computed, not by a first pass with ones."""
+    x = torch.tensor([0.5, -1.0, 2.0], dtype=F64)
+    program = compile_program("sin(x) * x", frozenset({"x"}), F64, CPU, LIMITS)
+    calls: list[int] = []
+    original = type(program).__call__
+
+    def counted(self: Any, inputs: Any) -> torch.Tensor:
+        calls.append(1)
+        return original(self, inputs)
+
+    monkeypatch.setattr(type(program), "__call__", counted)
+    grad_output = torch.tensor([1.0, 2.0, 3.0], dtype=F64)
+    result = differentiate(program, {"x": x}, None, ["grad"], grad_output=grad_output, max_entries=100)
+    assert len(calls) == 1
+    assert result.grad is not None
+    torch.testing.assert_close(result.grad["x"], grad_output * (torch.cos(x) * x + torch.sin(x)), rtol=1e-13, atol=0)
+    with pytest.raises(InvalidInput) as caught:
+        differentiate(program, {"x": x}, None, ["grad"], grad_output=grad_output[:2], max_entries=100)
+    assert caught.value.error_type == "shape_mismatch"

@@ -14,7 +14,8 @@ from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
 WEB_ROOT = Path(__file__).resolve().parent.parent.parent / "web"
-"""``service/web``: index.html, app.js, style.css and vendor/ (plotly.js and its licence)."""
+"""``service/web``: index.html, the ES modules (main.js and those it imports), style.css and
+vendor/ (plotly.js and its licence)."""
 
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; connect-src 'self'; img-src 'self' data: blob:; "

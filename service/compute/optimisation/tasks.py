@@ -1,0 +1,243 @@
+"""The optimisation endpoints' work as plain typed functions, free of HTTP: the objective a
+request names or writes, the checks of its size against the limits, the runs' nearest known
+minima, the summary of many runs, and the landscape grid. The routes decode, call, encode."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from service.compute import optimize as engine
+from service.compute.expressions import Limits, compile_program
+from service.compute.objectives import OBJECTIVES, Objective
+from service.compute.optimizers import OptimizerSpec
+from service.compute.runtime import torch_errors
+from service.errors import InvalidInput, check_limit
+
+Optimizers = Sequence[tuple[OptimizerSpec, Mapping[str, Any]]]
+"""The optimizers of a request, each with its hyper-parameters."""
+
+
+@dataclass(frozen=True)
+class Formula:
+    """An objective written in the formula language: ``expression`` of ``variable``, with
+    ``inputs`` held constant."""
+
+    expression: str
+    variable: str
+    inputs: Mapping[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """The engine's objective, and its catalog entry (None for a formula)."""
+
+    objective: engine.Objective
+    entry: Objective | None
+
+
+def resolve_objective(
+    chosen: str | Formula,
+    dimension: int | None,
+    dtype: torch.dtype,
+    device: torch.device,
+    limits: Limits,
+    budget: int,
+) -> Resolved:
+    """A catalog objective by name (its dimension checked against ``dimension``), or a formula
+    compiled to a scalar function of its variable within ``budget`` elements."""
+    if isinstance(chosen, str):
+        entry = OBJECTIVES.get(chosen)
+        if entry.dimension is not None and dimension is not None and dimension != entry.dimension:
+            raise InvalidInput(
+                f"{entry.name} is {entry.dimension}-dimensional, but the starts are {dimension}-dimensional.",
+                error_type="shape_mismatch",
+            )
+        return Resolved(engine.Objective(entry.fn, batched=True), entry)
+    if chosen.variable in chosen.inputs:
+        raise InvalidInput(f"'{chosen.variable}' is the variable; it cannot also be an input.")
+    names = frozenset({*chosen.inputs, chosen.variable})
+    program = compile_program(chosen.expression, names, dtype, device, limits, budget)
+    constants, variable = dict(chosen.inputs), chosen.variable
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        value = program({**constants, variable: x})
+        if value.numel() != 1:
+            raise InvalidInput(
+                f"The objective must be a scalar, but has shape {list(value.shape)}.", error_type="not_scalar"
+            )
+        return value.reshape(())
+
+    return Resolved(engine.Objective(fn, batched=False), None)
+
+
+def starts_of(x0: torch.Tensor | None, starts: torch.Tensor | None) -> torch.Tensor:
+    """The [N, d] starts of a request that gives one start ``x0`` [d] or several ``starts``."""
+    if (x0 is None) == (starts is None):
+        raise InvalidInput("Give exactly one of x0 (one start) and starts (several).")
+    if x0 is not None:
+        if x0.dim() != 1 or not x0.numel():
+            raise InvalidInput(f"x0 must be a point of shape [d], not {list(x0.shape)}.", error_type="shape_mismatch")
+        return x0.unsqueeze(0)
+    assert starts is not None
+    if starts.dim() != 2 or not starts.numel():
+        raise InvalidInput(f"starts must have shape [N, d], not {list(starts.shape)}.", error_type="shape_mismatch")
+    return starts
+
+
+@dataclass(frozen=True)
+class RunLimits:
+    """The configured caps on one optimisation request."""
+
+    max_steps: int
+    max_elements: int
+    max_trajectory_points: int
+
+
+def check_runs(
+    starts: torch.Tensor, optimizers: Optimizers, steps: int, record_every: int | None, limits: RunLimits
+) -> None:
+    """Refuse, before any step, runs past the limits: steps x runs (an lbfgs step evaluates the
+    objective up to max_iter times), the optimizer state (lbfgs keeps 2 x history_size vectors),
+    and with ``record_every`` the trajectory points and their elements."""
+    count, dimension = starts.shape
+    work = sum(steps * count * hyper.get("max_iter", 1) for _, hyper in optimizers)
+    check_limit(work, limits.max_steps, "steps x runs", "too_many_steps")
+    history = max((hyper.get("history_size", 0) * 2 for _, hyper in optimizers), default=0)
+    check_limit(history * count * dimension, limits.max_elements, "elements of optimizer state", "state_too_large")
+    if record_every is not None:
+        points = count * len(optimizers) * (steps // record_every + 2)
+        check_limit(points, limits.max_trajectory_points, "trajectory points", "trajectory_too_long")
+        check_limit(points * dimension, limits.max_elements, "trajectory elements", "trajectory_too_long")
+
+
+def optimize(
+    resolved: Resolved,
+    starts: torch.Tensor,
+    optimizers: Optimizers,
+    schedule: engine.Schedule,
+    compiler: Any = None,
+) -> engine.Outcome:
+    """Every run; torch's refusals are the caller's 400 (see ``torch_errors``)."""
+    with torch_errors("the optimisation"):
+        return engine.optimize(resolved.objective, starts, optimizers, schedule, compiler)
+
+
+@dataclass(frozen=True)
+class NearestMinimum:
+    x: list[float]
+    value: float
+    distance: float
+
+
+def nearest_minimum(entry: Objective | None, x: torch.Tensor) -> NearestMinimum | None:
+    """The known minimum of a catalog objective closest (Euclidean) to ``x``; None for a formula."""
+    if entry is None:
+        return None
+    point = x.tolist()
+    distance, closest, value = min((math.dist(point, known), known, value) for known, value in entry.minima(len(point)))
+    return NearestMinimum(closest, value, distance)
+
+
+@dataclass(frozen=True)
+class Basin:
+    """A known minimum and how many runs ended within reach of it (and nearer it than any other)."""
+
+    x: list[float]
+    value: float
+    count: int
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Many runs as tensors: row ``i`` is the run of start ``i // k`` with the ``i % k``-th of the
+    ``k`` optimizers."""
+
+    optimizers: list[str]
+    x: torch.Tensor
+    value: torch.Tensor
+    steps: torch.Tensor
+    stopped: dict[str, int]
+    minima: list[Basin] | None
+
+
+def summarize(outcome: engine.Outcome, optimizers: Optimizers, entry: Objective | None, reach: float) -> Summary:
+    """Final points, values and step counts, the count of each stop reason, and the basins."""
+    groups = outcome.groups
+
+    def interleaved(tensors: list[torch.Tensor]) -> torch.Tensor:
+        stacked = torch.stack(tensors, dim=1)
+        return stacked.reshape(-1, *stacked.shape[2:])
+
+    points = interleaved([group.x for group in groups])
+    codes = interleaved([group.stopped for group in groups])
+    tally = torch.bincount(codes, minlength=len(engine.STOP_REASONS)).tolist()
+    stopped: dict[str, int] = {
+        reason: amount for reason, amount in zip(engine.STOP_REASONS, tally, strict=True) if amount
+    }
+    basins = None
+    if entry is not None:
+        known = entry.minima(points.shape[1])
+        targets = torch.tensor([x for x, _ in known], dtype=points.dtype, device=points.device)
+        distances = torch.cdist(points, targets)
+        closest = distances.argmin(dim=1)
+        reached = distances.min(dim=1).values <= reach
+        basins = [Basin(x, value, int(((closest == index) & reached).sum())) for index, (x, value) in enumerate(known)]
+    return Summary(
+        [optimizers[group.optimizer][0].name for group in groups],
+        points,
+        interleaved([group.value for group in groups]),
+        interleaved([group.steps for group in groups]),
+        stopped,
+        basins,
+    )
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A 2-D grid: ``x_range`` and ``y_range`` as (lo, hi), and ``nx`` by ``ny`` points."""
+
+    x_range: tuple[float, float]
+    y_range: tuple[float, float]
+    nx: int
+    ny: int
+
+    def check(self, max_points: int) -> None:
+        if self.nx < 2 or self.ny < 2:
+            raise InvalidInput("resolution must be at least 2 points per axis.")
+        for name, (lo, hi) in (("x_range", self.x_range), ("y_range", self.y_range)):
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+                raise InvalidInput(f"{name} must be [lo, hi] with finite lo < hi.")
+        check_limit(self.nx * self.ny, max_points, "grid points", "grid_too_large")
+
+
+@dataclass(frozen=True)
+class Landscape:
+    """Values ``z`` [ny, nx] (and gradients [ny, nx, 2]) at the points of axes ``x`` and ``y``."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    z: torch.Tensor
+    grad: torch.Tensor | None
+
+
+def landscape(
+    objective: engine.Objective, grid: Grid, gradient: bool, dtype: torch.dtype, device: torch.device
+) -> Landscape:
+    """The objective sampled on ``grid``, with its gradient field if ``gradient``."""
+    xs = torch.linspace(*grid.x_range, grid.nx, dtype=dtype, device=device)
+    ys = torch.linspace(*grid.y_range, grid.ny, dtype=dtype, device=device)
+    points = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).requires_grad_(gradient)
+    with torch_errors("the landscape"), torch.set_grad_enabled(gradient):
+        if objective.batched:
+            z = objective.fn(points)
+        else:  # one vmap over the flattened grid (nested vmaps trip over some losses)
+            z = torch.func.vmap(objective.fn)(points.reshape(-1, 2)).reshape(grid.ny, grid.nx)
+        grad = None
+        if gradient:
+            (grad,) = torch.autograd.grad(z.sum(), points, allow_unused=True, materialize_grads=True)
+    return Landscape(xs, ys, z, grad)
