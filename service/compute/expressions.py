@@ -44,6 +44,17 @@ COMPARISONS: dict[type[ast.cmpop], Callable[[Any, Any], torch.Tensor]] = {
     ast.NotEq: torch.ne,
 }
 OPERATOR_SYMBOLS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Pow: "**", ast.MatMult: "@"}
+COMPARISON_SYMBOLS = {ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">=", ast.Eq: "==", ast.NotEq: "!="}
+OPERATORS: tuple[str, ...] = (
+    *(OPERATOR_SYMBOLS[op] for op in BINARY_OPS),
+    "unary -",
+    "unary +",
+    *(COMPARISON_SYMBOLS[op] for op in COMPARISONS),
+    "x[i, a:b]",
+    ".T",
+    "name = expr",
+)
+"""The language's operators and syntax, as GET /v1/functions lists them."""
 
 
 @dataclass(frozen=True)

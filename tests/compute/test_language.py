@@ -24,9 +24,8 @@ import torch.nn.functional as F
 from hypothesis import assume, event, given, settings
 from hypothesis import strategies as st
 
-from service.api.routes.differentiate import OPERATORS
 from service.compute.differentiate import Derivative, Derivatives, differentiate
-from service.compute.expressions import BINARY_OPS, OPERATOR_SYMBOLS, Limits, compile_program
+from service.compute.expressions import BINARY_OPS, OPERATOR_SYMBOLS, OPERATORS, Limits, compile_program
 from service.compute.expressions import COMPARISONS as COMPILED_COMPARISONS
 from service.compute.functions import FUNCTIONS
 from service.errors import InvalidInput
@@ -318,6 +317,7 @@ OPERATOR_CASES: dict[str, tuple[Case, ...]] = {
         c("Bt @ Bt", lambda v: v["Bt"] @ v["Bt"]),
         c("x @ A.T", lambda v: v["x"] @ v["A"].T),
     ),
+    "unary +": (c("+x", lambda v: +v["x"]), c("-(+A)", lambda v: -(+v["A"]))),
     "unary -": (
         c("-x", lambda v: -v["x"]),
         c("-A", lambda v: -v["A"]),

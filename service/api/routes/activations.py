@@ -7,9 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Request
 
 from service.api.context import ComputeContext, validate_params
-from service.api.deps import settings_of
-from service.api.dispatch import admit, compute_response
-from service.api.jsonbody import read_json_body
+from service.api.dispatch import accept
 from service.api.responses import JSONBytesResponse
 from service.api.routes.common import AUTH_RESPONSES, compute_post, name_parameter
 from service.api.schemas import (
@@ -49,11 +47,9 @@ def list_activations() -> ActivationCatalog:
     summary="Evaluate an activation with its gradient, second derivative or Jacobian",
 )
 async def activation(name: ActivationName, request: Request) -> JSONBytesResponse:
-    settings = settings_of(request)
-    inline = admit(request)
-    body = await read_json_body(request, ActivationRequest)
-    if body.jacobian:  # a small body can ask for a large Jacobian: never on the event loop
-        inline = admit(request, inline=False)
+    # A small body can ask for a large Jacobian: never on the event loop.
+    call = await accept(request, ActivationRequest, offload=lambda body: body.jacobian)
+    body, settings = call.body, call.settings
     spec = ACTIVATIONS.get(name)
     params = validate_params(spec, body.params)
 
@@ -74,4 +70,4 @@ async def activation(name: ActivationName, request: Request) -> JSONBytesRespons
             "jacobian": ctx.wire(result.jacobian),
         }
 
-    return await compute_response(request, body, compute, op=f"activation/{name}", inline=inline)
+    return await call.respond(compute, op=f"activation/{name}")

@@ -7,36 +7,15 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from service.api.context import ComputeContext, expression_limits
-from service.api.deps import settings_of
-from service.api.dispatch import admit, compute_response
-from service.api.jsonbody import read_json_body
+from service.api.dispatch import accept
 from service.api.responses import JSONBytesResponse
 from service.api.routes.common import AUTH_RESPONSES, compute_post
 from service.api.schemas import DifferentiateRequest, DifferentiateResponse, FunctionCatalog, FunctionInfo
 from service.compute.differentiate import differentiate
-from service.compute.expressions import compile_program
+from service.compute.expressions import OPERATORS, compile_program
 from service.compute.functions import FUNCTIONS
 
 router = APIRouter(tags=["expressions"])
-
-OPERATORS = [
-    "+",
-    "-",
-    "*",
-    "/",
-    "**",
-    "@",
-    "unary -",
-    "<",
-    "<=",
-    ">",
-    ">=",
-    "==",
-    "!=",
-    "x[i, a:b]",
-    ".T",
-    "name = expr",
-]
 
 
 @router.get("/v1/functions", summary="The expression language's functions and operators", responses=AUTH_RESPONSES)
@@ -46,7 +25,7 @@ def list_functions() -> FunctionCatalog:
             FunctionInfo(name=f.name, signature=f.signature(), doc=f.doc, category=f.category)
             for f in FUNCTIONS.values()
         ],
-        operators=OPERATORS,
+        operators=list(OPERATORS),
     )
 
 
@@ -58,9 +37,9 @@ def list_functions() -> FunctionCatalog:
     summary="Value, gradient, Jacobian and Hessian of a formula",
 )
 async def differentiate_expression(request: Request) -> JSONBytesResponse:
-    settings = settings_of(request)
-    admit(request, inline=False)
-    body = await read_json_body(request, DifferentiateRequest)
+    # Never inline: even a small body can describe a long computation.
+    call = await accept(request, DifferentiateRequest, inline=False)
+    body, settings = call.body, call.settings
     limits = expression_limits(settings)
 
     def compute(ctx: ComputeContext) -> dict[str, Any]:
@@ -90,8 +69,7 @@ async def differentiate_expression(request: Request) -> JSONBytesResponse:
             "hessian": hessian,
         }
 
-    # Never inline: even a small body can describe a long computation.
-    return await compute_response(request, body, compute, op="differentiate", inline=False)
+    return await call.respond(compute, op="differentiate")
 
 
 def _kind(value: Any) -> Any:
