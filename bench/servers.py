@@ -1,4 +1,5 @@
-"""Start real uvicorn servers for the benchmarks and wait until they answer."""
+"""Start real servers on free ports and wait until they answer (the benchmarks' and the
+end-to-end tests')."""
 
 from __future__ import annotations
 
@@ -18,6 +19,22 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def wait_until_ready(url: str, process: subprocess.Popen[bytes], what: str, timeout_s: float = 60) -> None:
+    """Poll ``url`` until it answers 200; RuntimeError if ``process`` exits or ``timeout_s`` passes."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited during start-up (status {process.returncode})")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not answer {url} within {timeout_s:g} s")
+        time.sleep(0.2)
 
 
 @contextlib.contextmanager
@@ -40,16 +57,7 @@ def uvicorn_server(app: str, env: dict[str, str] | None = None, ready_path: str 
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(base + ready_path, timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError(f"{app} did not start")
-            time.sleep(0.2)
+        wait_until_ready(base + ready_path, process, what=app)
         yield base
     finally:
         process.terminate()

@@ -11,8 +11,9 @@ on-disk cache makes a restarted server's compile shorter. Hyper-parameters are i
 kernel, so one compile serves every learning rate.
 
 The kernel's arithmetic is Adam's, as torch's fused kernel computes it, up to rounding order:
-in float64 its runs stay within 1e-7 of torch.optim's (tested). A machine without a C++
-compiler (the container) fails the compile once, logs it, and keeps the eager steps.
+in float64 its runs stay within 1e-7 of torch.optim's (tested). Where no C++ compiler is found
+(``cxx_available``; the container has none) the app makes no ChunkCompiler and every step is
+eager; a compile that fails is logged, and the eager steps go on.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ CHUNK = 16
 _MOST_PENDING = 2
 """Compiles queued or under way at once; cases asked for beyond that are asked for again later."""
 
-Outcome = Callable[[str, float], None]
+CompileReport = Callable[[str, float], None]
 """Told ``("compiled" | "failed", seconds)`` after each compile."""
 
 
@@ -172,7 +173,7 @@ class ChunkCompiler:
     """Compiled chunks by objective graph, shape and variant, compiled one at a time in a
     background thread; the ``capacity`` most recently used are kept."""
 
-    def __init__(self, min_steps: int, on_outcome: Outcome | None = None, capacity: int = 32) -> None:
+    def __init__(self, min_steps: int, on_outcome: CompileReport | None = None, capacity: int = 32) -> None:
         self.min_steps, self.on_outcome, self.capacity = min_steps, on_outcome, capacity
         self._chunks: OrderedDict[_Key, Future[CompiledChunk]] = OrderedDict()
         self._wanted: dict[_Key, tuple[TracedValueAndGrad, torch.Tensor, FusedAdam]] = {}

@@ -80,13 +80,13 @@ def _whole(reduced: torch.Tensor, x: torch.Tensor, keepdim: bool) -> torch.Tenso
     return reduced.reshape((1,) * x.dim()) if keepdim else reduced
 
 
-def _elementwise(name: str, fn: Callable[[torch.Tensor], torch.Tensor], doc: str) -> Function:
+def _elementwise_function(name: str, fn: Callable[[torch.Tensor], torch.Tensor], doc: str) -> Function:
     return Function(name, fn, (X,), doc)
 
 
 MATH: tuple[Function, ...] = (
     *(
-        _elementwise(name, getattr(torch, name), doc)
+        _elementwise_function(name, getattr(torch, name), doc)
         for name, doc in (
             ("exp", "e^x"),
             ("log", "natural logarithm"),

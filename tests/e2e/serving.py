@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
+from bench.servers import free_port, wait_until_ready
 
 Server = tuple[str, subprocess.Popen[bytes], Path]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextmanager
@@ -34,17 +25,11 @@ def running_server(log: Path, **settings: str) -> Iterator[Server]:
             [sys.executable, "-m", "service", "--port", str(port)], env=env, stdout=output, stderr=subprocess.STDOUT
         )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
     try:
-        while True:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None, f"the server exited during start-up:\n{log.read_text()}"
-            assert time.monotonic() < deadline, "the server did not become ready within 60 s"
-            time.sleep(0.2)
+        try:
+            wait_until_ready(f"{base}/readyz", process, what="the server")
+        except RuntimeError as exc:
+            raise AssertionError(f"{exc}:\n{log.read_text()}") from None
         yield base, process, log
     finally:
         if process.poll() is None:
