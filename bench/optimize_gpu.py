@@ -26,7 +26,7 @@ import torch
 
 from bench.servers import uvicorn_server
 from service.compute.objectives import OBJECTIVES
-from service.compute.optimize import Objective, Schedule, optimize
+from service.compute.optimisation import Objective, Schedule, optimize
 from service.compute.optimizers import OPTIMIZERS
 
 HIMMELBLAU = OBJECTIVES.get("himmelblau").fn

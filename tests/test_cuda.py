@@ -7,7 +7,7 @@ import torch
 
 from service.compute.losses import LossSample, LossSpec
 from service.compute.objectives import OBJECTIVES
-from service.compute.optimize import Objective, Schedule, optimize
+from service.compute.optimisation import Objective, Schedule, optimize
 from service.compute.optimizers import OPTIMIZERS, OptimizerSpec
 from service.compute.registry import OpSpec, Sample
 from tests.api.test_losses_api import wire_body

@@ -126,7 +126,7 @@ def test_faults_in_activations_and_losses_are_500(
 
 
 def test_a_fault_in_an_optimisation_is_500(make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    from service.compute import optimize as optimize_module
+    from service.compute.optimisation import engine as optimize_module
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise ValueError("injected fault")

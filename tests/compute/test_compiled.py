@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from service.compute.compiled import CHUNK, ChunkCompiler
 from service.compute.objectives import OBJECTIVES
-from service.compute.optimize import Objective, Outcome, Schedule, optimize
+from service.compute.optimisation import Objective, Outcome, Schedule, optimize
 from service.compute.optimizers import OPTIMIZERS
 from tests.compute.test_optimize import STARTS
 from tests.compute.test_optimizer_oracles import ADAM_LIKE, assert_runs_match, reference_runs, service_settings

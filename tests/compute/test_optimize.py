@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from service.compute.objectives import OBJECTIVES, Objective
-from service.compute.optimize import Objective as Target
-from service.compute.optimize import Schedule, optimize
+from service.compute.optimisation import Objective as Target
+from service.compute.optimisation import Schedule, optimize
 from service.compute.optimizers import OPTIMIZERS, OptimizerSpec
 from tests.compute.test_optimizer_oracles import FUSED, TORCH_CLASSES, service_settings, torch_kwargs
 

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 
 from service.compute.expressions import Limits, compile_program
 from service.compute.objectives import OBJECTIVES, Objective
-from service.compute.optimize import Objective as Target
-from service.compute.optimize import Schedule, optimize
+from service.compute.optimisation import Objective as Target
+from service.compute.optimisation import Schedule, optimize
 from service.compute.optimizers import OPTIMIZERS
 from service.compute.traced import trace_value_and_grad
 from tests.compute.test_optimize import STARTS, independent_loop

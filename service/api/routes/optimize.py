@@ -21,9 +21,9 @@ from service.api.schemas import (
     params_schema,
 )
 from service.api.streaming import EventStream, wants_events
-from service.compute import optimize as engine
-from service.compute.objectives import OBJECTIVES, Objective
-from service.compute.optimisation import tasks
+from service.compute.objectives import OBJECTIVES
+from service.compute.objectives import Objective as ObjectiveSpec
+from service.compute.optimisation import Run, RunGroup, Schedule, tasks
 from service.compute.optimizers import OPTIMIZERS, OptimizerSpec
 from service.compute.tensors import scalar_to_wire
 from service.config import Settings
@@ -114,7 +114,7 @@ async def optimize(request: Request) -> Response:
         tasks.check_runs(starts, optimizers, body.steps, body.record_every if trajectories else None, limits)
         resolved = _objective(body.objective, ctx, settings, starts.shape[1])
 
-        def on_progress(step: int, group: engine.RunGroup) -> None:
+        def on_progress(step: int, group: RunGroup) -> None:
             assert stream is not None
             name = optimizers[group.optimizer][0].name
             runs = [
@@ -129,7 +129,7 @@ async def optimize(request: Request) -> Response:
             ]
             stream.progress({"step": step, "runs": runs})
 
-        schedule = engine.Schedule(
+        schedule = Schedule(
             body.steps,
             body.record_every,
             body.tolerance,
@@ -138,7 +138,7 @@ async def optimize(request: Request) -> Response:
             stream.cancelled if stream else None,
             trajectories=trajectories,
         )
-        outcome = tasks.optimize(resolved, starts, optimizers, schedule, request.app.chunk_compiler)
+        outcome = tasks.run(resolved, starts, optimizers, schedule, request.app.chunk_compiler)
         if stream is None and any("deadline" in group.reasons() for group in outcome.groups):
             done = sum(int(group.steps.sum()) for group in outcome.groups)
             raise DeadlineExceeded(
@@ -155,7 +155,7 @@ async def optimize(request: Request) -> Response:
     return stream.response(lambda: call.respond(compute, op="optimize", enforce_deadline=False))
 
 
-def _run(run: engine.Run, optimizers: tasks.Optimizers, entry: Objective | None, ctx: ComputeContext) -> Any:
+def _run(run: Run, optimizers: tasks.Optimizers, entry: ObjectiveSpec | None, ctx: ComputeContext) -> Any:
     spec, hyper = optimizers[run.optimizer]
     nearest = tasks.nearest_minimum(entry, run.x)
     return {

@@ -11,9 +11,10 @@ from typing import Any
 
 import torch
 
-from service.compute import optimize as engine
 from service.compute.expressions import Limits, compile_program
-from service.compute.objectives import OBJECTIVES, Objective
+from service.compute.objectives import OBJECTIVES
+from service.compute.objectives import Objective as ObjectiveSpec
+from service.compute.optimisation import STOP_REASONS, Objective, Outcome, Schedule, engine
 from service.compute.optimizers import OptimizerSpec
 from service.compute.runtime import torch_errors
 from service.errors import InvalidInput, check_limit
@@ -36,8 +37,8 @@ class Formula:
 class Resolved:
     """The engine's objective, and its catalog entry (None for a formula)."""
 
-    objective: engine.Objective
-    entry: Objective | None
+    objective: Objective
+    entry: ObjectiveSpec | None
 
 
 def resolve_objective(
@@ -57,7 +58,7 @@ def resolve_objective(
                 f"{entry.name} is {entry.dimension}-dimensional, but the starts are {dimension}-dimensional.",
                 error_type="shape_mismatch",
             )
-        return Resolved(engine.Objective(entry.fn, batched=True), entry)
+        return Resolved(Objective(entry.fn, batched=True), entry)
     if chosen.variable in chosen.inputs:
         raise InvalidInput(f"'{chosen.variable}' is the variable; it cannot also be an input.")
     names = frozenset({*chosen.inputs, chosen.variable})
@@ -72,7 +73,7 @@ def resolve_objective(
             )
         return value.reshape(())
 
-    return Resolved(engine.Objective(fn, batched=False), None)
+    return Resolved(Objective(fn, batched=False), None)
 
 
 def starts_of(x0: torch.Tensor | None, starts: torch.Tensor | None) -> torch.Tensor:
@@ -115,13 +116,13 @@ def check_runs(
         check_limit(points * dimension, limits.max_elements, "trajectory elements", "trajectory_too_long")
 
 
-def optimize(
+def run(
     resolved: Resolved,
     starts: torch.Tensor,
     optimizers: Optimizers,
-    schedule: engine.Schedule,
+    schedule: Schedule,
     compiler: Any = None,
-) -> engine.Outcome:
+) -> Outcome:
     """Every run; torch's refusals are the caller's 400 (see ``torch_errors``)."""
     with torch_errors("the optimisation"):
         return engine.optimize(resolved.objective, starts, optimizers, schedule, compiler)
@@ -134,7 +135,7 @@ class NearestMinimum:
     distance: float
 
 
-def nearest_minimum(entry: Objective | None, x: torch.Tensor) -> NearestMinimum | None:
+def nearest_minimum(entry: ObjectiveSpec | None, x: torch.Tensor) -> NearestMinimum | None:
     """The known minimum of a catalog objective closest (Euclidean) to ``x``; None for a formula."""
     if entry is None:
         return None
@@ -165,7 +166,7 @@ class Summary:
     minima: list[Basin] | None
 
 
-def summarize(outcome: engine.Outcome, optimizers: Optimizers, entry: Objective | None, reach: float) -> Summary:
+def summarize(outcome: Outcome, optimizers: Optimizers, entry: ObjectiveSpec | None, reach: float) -> Summary:
     """Final points, values and step counts, the count of each stop reason, and the basins."""
     groups = outcome.groups
 
@@ -175,10 +176,8 @@ def summarize(outcome: engine.Outcome, optimizers: Optimizers, entry: Objective 
 
     points = interleaved([group.x for group in groups])
     codes = interleaved([group.stopped for group in groups])
-    tally = torch.bincount(codes, minlength=len(engine.STOP_REASONS)).tolist()
-    stopped: dict[str, int] = {
-        reason: amount for reason, amount in zip(engine.STOP_REASONS, tally, strict=True) if amount
-    }
+    tally = torch.bincount(codes, minlength=len(STOP_REASONS)).tolist()
+    stopped: dict[str, int] = {reason: amount for reason, amount in zip(STOP_REASONS, tally, strict=True) if amount}
     basins = None
     if entry is not None:
         known = entry.minima(points.shape[1])
@@ -225,9 +224,7 @@ class Landscape:
     grad: torch.Tensor | None
 
 
-def landscape(
-    objective: engine.Objective, grid: Grid, gradient: bool, dtype: torch.dtype, device: torch.device
-) -> Landscape:
+def landscape(objective: Objective, grid: Grid, gradient: bool, dtype: torch.dtype, device: torch.device) -> Landscape:
     """The objective sampled on ``grid``, with its gradient field if ``gradient``."""
     xs = torch.linspace(*grid.x_range, grid.nx, dtype=dtype, device=device)
     ys = torch.linspace(*grid.y_range, grid.ny, dtype=dtype, device=device)
