@@ -12,10 +12,10 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from service.api.schemas import ComputeRequest, params_model
-from service.compute import tensors
 from service.compute.expressions import Limits
 from service.compute.registry import NamedSpec
 from service.compute.runtime import resolve_device
+from service.compute.wire import DTYPE_NAMES, FLOAT_DTYPES, ElementBudget, Encoding, Kind, decode, encode
 from service.config import Settings
 
 
@@ -25,26 +25,26 @@ class ComputeContext:
 
     device: torch.device
     dtype: torch.dtype
-    encoding: tensors.Encoding
-    budget: tensors.ElementBudget
+    encoding: Encoding
+    budget: ElementBudget
     started: float = field(default_factory=time.perf_counter)
 
     @classmethod
     def of(cls, request: ComputeRequest, settings: Settings) -> ComputeContext:
         return cls(
             device=resolve_device(request.device, settings.device),
-            dtype=tensors.FLOAT_DTYPES[request.dtype],
+            dtype=FLOAT_DTYPES[request.dtype],
             encoding=request.encoding,
-            budget=tensors.ElementBudget(settings.max_elements),
+            budget=ElementBudget(settings.max_elements),
         )
 
-    def tensor(self, value: Any, where: str, kind: tensors.Kind = "float") -> torch.Tensor:
-        return tensors.decode(value, where=where, dtype=self.dtype, device=self.device, budget=self.budget, kind=kind)
+    def tensor(self, value: Any, where: str, kind: Kind = "float") -> torch.Tensor:
+        return decode(value, where=where, dtype=self.dtype, device=self.device, budget=self.budget, kind=kind)
 
     def optional_tensor(self, value: Any, where: str, dtype: torch.dtype | None = None) -> torch.Tensor | None:
         if value is None:
             return None
-        return tensors.decode(value, where=where, dtype=dtype or self.dtype, device=self.device, budget=self.budget)
+        return decode(value, where=where, dtype=dtype or self.dtype, device=self.device, budget=self.budget)
 
     def tensor_params(self, spec: NamedSpec, params: dict[str, Any]) -> dict[str, Any]:
         """``params`` with its tensor-valued entries (such as pos_weight) decoded."""
@@ -56,12 +56,12 @@ class ComputeContext:
         }
 
     def wire(self, tensor: torch.Tensor | None) -> Any:
-        return None if tensor is None else tensors.encode(tensor, self.encoding)
+        return None if tensor is None else encode(tensor, self.encoding)
 
     def meta(self) -> dict[str, Any]:
         return {
             "device": device_name(self.device),
-            "dtype": tensors.DTYPE_NAMES[self.dtype],
+            "dtype": DTYPE_NAMES[self.dtype],
             "elapsed_ms": round((time.perf_counter() - self.started) * 1e6) / 1000,  # to the microsecond
         }
 

@@ -1,4 +1,4 @@
-"""JSON request bodies for the compute routes: parsed by ``service.compute.tensors.parse_json``
+"""JSON request bodies for the compute routes: parsed by ``service.compute.wire.parse_json``
 (simdjson for big numeric arrays, orjson for small bodies), then validated by the route's model.
 
 Compute routes read their body here rather than through FastAPI's body parameter: FastAPI would
@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect
 
 from service.api.deps import raw_header
-from service.compute.tensors import parse_json
+from service.compute.wire import parse_json
 from service.errors import ServiceError, UnsupportedMediaType, status_code_for
 
 Model = TypeVar("Model", bound=BaseModel)

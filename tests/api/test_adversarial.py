@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from service.compute.tensors import SMALL_BODY_BYTES
+from service.compute.wire import SMALL_BODY_BYTES
 from tests.conftest import AppClient
 from tests.helpers import from_wire
 

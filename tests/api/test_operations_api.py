@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api.routes import activations as activations_route
-from service.compute import tensors
+from service.compute import wire as tensors
 from service.compute.activations import evaluate_activation
 from service.config import Settings
 from service.logs import JsonFormatter, TextFormatter

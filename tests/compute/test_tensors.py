@@ -11,7 +11,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.compute import tensors
+from service.compute import wire as tensors
+from service.compute.wire.codec import FLOAT32_MAX
 from service.errors import InvalidInput, LimitExceeded
 from tests.helpers import to_base64
 
@@ -201,9 +202,9 @@ finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
 
 
 FLOAT32_EDGE = [
-    tensors.FLOAT32_MAX,
-    -tensors.FLOAT32_MAX,
-    math.nextafter(tensors.FLOAT32_MAX, math.inf),  # rounds down to the largest float32
+    FLOAT32_MAX,
+    -FLOAT32_MAX,
+    math.nextafter(FLOAT32_MAX, math.inf),  # rounds down to the largest float32
     3.4028235677973366e38,  # past the rounding boundary: infinity
     -1e39,
     1e-50,  # underflows to zero

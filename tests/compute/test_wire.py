@@ -1,6 +1,6 @@
 """The wire codec against hand-written expectations: limits at their exact bounds, the error
 bodies (type, position and message), the parser's lazy/exact split, and the bytes of encoded
-results. Written to kill the mutants of service/compute/tensors.py (scripts/mutation tensors);
+results. Written to kill the mutants of service/compute/wire/ (scripts/mutation codec parsing);
 the expected values come from the contract and the standard library (struct, base64), never
 from the module's own constants."""
 
@@ -17,7 +17,8 @@ import orjson
 import pytest
 import torch
 
-from service.compute import tensors
+from service.compute import wire as tensors
+from service.compute.wire import codec
 from service.errors import InvalidInput, LimitExceeded
 
 CPU = torch.device("cpu")
@@ -320,7 +321,7 @@ def test_fast_paths_never_walk_the_numbers(monkeypatch: pytest.MonkeyPatch) -> N
     rows = [[float(i), float(-i)] * 40 for i in range(3)]
     body = padded(orjson.dumps({"x": rows, "i": [[i, 2 * i] * 40 for i in range(3)]}))
     tree = tensors.parse_json(body)
-    monkeypatch.setattr(tensors, "_decode_nested", walker)
+    monkeypatch.setattr(codec, "_decode_nested", walker)
     for dtype in (torch.float32, torch.float64):
         values = tensors.decode([1, 2.5, -3], where="input", dtype=dtype, device=CPU, budget=tensors.ElementBudget(9))
         assert values.dtype == dtype and values.tolist() == [1.0, 2.5, -3.0]
@@ -433,7 +434,11 @@ def test_zero_dimensional_results_are_plain_numbers() -> None:
 
 def test_encode_extent_limit() -> None:
     assert json_of(torch.empty(0, 2**40)) == b"[]"
-    assert tensors.encode(torch.empty(0, 2**40), "base64") == {"shape": [0, 2**40], "dtype": "float32", "base64": ""}
+    assert tensors.encode(torch.empty(0, 2**40), "base64") == {
+        "shape": [0, 2**40],
+        "dtype": "float32",
+        "base64": "",
+    }
     with pytest.raises(LimitExceeded) as caught:
         tensors.encode(torch.empty(0, 2**40 + 1), "json")
     assert caught.value.error_type == "result_too_large"

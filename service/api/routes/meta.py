@@ -14,7 +14,7 @@ from service.api.responses import JSONBytesResponse
 from service.api.routes.common import AUTH_RESPONSES
 from service.api.schemas import Health, Info, Readiness
 from service.compute.runtime import available_devices, resolve_device
-from service.compute.tensors import FLOAT_DTYPES
+from service.compute.wire import FLOAT_DTYPES
 from service.errors import DeviceUnavailable
 
 router = APIRouter(tags=["service"])

@@ -25,7 +25,7 @@ from service.compute.objectives import OBJECTIVES
 from service.compute.objectives import Objective as ObjectiveSpec
 from service.compute.optimisation import Run, RunGroup, Schedule, tasks
 from service.compute.optimizers import OPTIMIZERS, OptimizerSpec
-from service.compute.tensors import scalar_to_wire
+from service.compute.wire import scalar_to_wire
 from service.config import Settings
 from service.errors import DeadlineExceeded
 
