@@ -37,7 +37,8 @@ from typing import Any, NoReturn
 
 import pytest
 
-ALL_MODULES = ("tensors", "activations", "losses", "functions", "optimizers")
+MODULE_PATHS: dict[str, str] = {}
+"""Each module's file, relative to the tree (the [modules] table of scripts/mutation.toml)."""
 COPY_IGNORE = shutil.ignore_patterns(
     ".venv", ".git", "__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache", ".hypothesis", "*.egg-info"
 )
@@ -58,7 +59,7 @@ class Mutant:
 
     @property
     def where(self) -> str:
-        return f"service/compute/{self.module}.py:{self.line_number}"
+        return f"{MODULE_PATHS[self.module]}:{self.line_number}"
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,8 @@ def make_copies(root: Path, work: Path, jobs: int) -> list[Path]:
 
 
 def drop_bytecode(slot: Path, module: str) -> None:
-    for cached in (slot / "service" / "compute" / "__pycache__").glob(f"{module}.*.pyc"):
+    path = slot / MODULE_PATHS[module]
+    for cached in (path.parent / "__pycache__").glob(f"{path.stem}.*.pyc"):
         cached.unlink()
 
 
@@ -99,7 +101,7 @@ def drop_bytecode(slot: Path, module: str) -> None:
 def list_mutants(module: str, source: str) -> list[Mutant]:
     from mutmut import ALL, Context, list_mutations, mutate  # type: ignore[import-untyped]
 
-    filename = f"service/compute/{module}.py"
+    filename = MODULE_PATHS[module]
     ids = list_mutations(Context(source=source, filename=filename, mutation_id=ALL))
     original = source.splitlines()
     mutants = []
@@ -227,9 +229,10 @@ def child(slot: Path, tests: list[str], log: Path, module: str, first: list[str]
         sys.path.insert(0, str(slot))
         plugins = [HypothesisPlugin(), OrderPlugin(first, log.with_suffix(".killer"))]
         code = int(pytest.main([*tests, *PYTEST_ARGS], plugins=plugins))
-        loaded = sys.modules.get(f"service.compute.{module}")
+        dotted = MODULE_PATHS[module].removesuffix(".py").replace("/", ".")
+        loaded = sys.modules.get(dotted)
         if code == 0 and (loaded is None or not Path(str(loaded.__file__)).is_relative_to(slot)):
-            print(f"service.compute.{module} was not imported from {slot}: {loaded}", flush=True)
+            print(f"{dotted} was not imported from {slot}: {loaded}", flush=True)
             code = 98
     except BaseException:
         traceback.print_exc()
@@ -269,7 +272,7 @@ def run_all(
     history: KillHistory,
 ) -> None:
     """Run each mutant (None: the unmutated code) in the first free slot; record its status."""
-    target = Path("service") / "compute" / f"{module}.py"
+    target = Path(MODULE_PATHS[module])
     originals = [(slot / target).read_text() for slot in slots]
     pending: deque[Mutant | None] = deque(mutants)
     running: dict[int, Running] = {}
@@ -344,6 +347,7 @@ def run_all(
 def load_config(path: Path) -> tuple[dict[str, list[str]], list[Equivalent]]:
     config = tomllib.loads(path.read_text())
     tests: dict[str, list[str]] = config["tests"]
+    MODULE_PATHS.update(config["modules"])
     equivalents = [Equivalent(**entry) for entry in config.get("equivalent", [])]
     return tests, equivalents
 
@@ -368,7 +372,7 @@ def report(module: str, mutants: list[Mutant], equivalents: list[Equivalent], se
     score = detected / len(mutants) if mutants else 1.0
     adjusted = detected / (len(mutants) - len(explained)) if len(mutants) > len(explained) else 1.0
     print(
-        f"service/compute/{module}.py: {len(mutants)} mutants, {count['killed']} killed, "
+        f"{MODULE_PATHS[module]}: {len(mutants)} mutants, {count['killed']} killed, "
         f"{count['survived']} survived ({len(explained)} of them equivalent), {count['timeout']} timeouts; "
         f"score {score:.1%} ({adjusted:.1%} without the equivalents); {seconds / 60:.1f} min"
     )
@@ -393,7 +397,7 @@ def report(module: str, mutants: list[Mutant], equivalents: list[Equivalent], se
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("modules", nargs="*", help=f"modules of service/compute (default: {' '.join(ALL_MODULES)})")
+    parser.add_argument("modules", nargs="*", help="modules named in scripts/mutation.toml's [modules] (default: all)")
     parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parent.parent)
     parser.add_argument("--work", type=Path, default=Path("/tmp/mutation-work"))
     parser.add_argument("--jobs", type=int, default=2, help="mutants run side by side, each in its own copy")
@@ -407,7 +411,7 @@ def main() -> None:
 
     root: Path = args.root.resolve()
     tests_of, equivalents = load_config(root / "scripts" / "mutation.toml")
-    modules = [Path(name).name.removesuffix(".py") for name in args.modules] or list(ALL_MODULES)
+    modules = [Path(name).name.removesuffix(".py") for name in args.modules] or list(MODULE_PATHS)
     for module in modules:
         if module not in tests_of:
             sys.exit(f"No tests are mapped to '{module}' in scripts/mutation.toml (known: {', '.join(tests_of)}).")
@@ -427,7 +431,7 @@ def main() -> None:
             mutants = [Mutant(**fields, source="") for fields in saved["mutants"]]
             summaries.append(report(module, mutants, equivalents, saved["seconds"]))
             continue
-        source = (root / "service" / "compute" / f"{module}.py").read_text()
+        source = (root / MODULE_PATHS[module]).read_text()
         mutants = list_mutants(module, source)
         if args.line:
             mutants = [m for m in mutants if m.line_number in args.line]
@@ -441,7 +445,7 @@ def main() -> None:
         tests = [name for name in tests_of[module] if (root / name).exists()]
         missing = sorted(set(tests_of[module]) - set(tests))
         if not tests:
-            print(f"service/compute/{module}.py: skipped, none of its tests exist ({', '.join(missing)})")
+            print(f"{MODULE_PATHS[module]}: skipped, none of its tests exist ({', '.join(missing)})")
             continue
         if not slots:
             print(f"Copying the tree to {work} ({args.jobs} copies)...", flush=True)
@@ -452,7 +456,7 @@ def main() -> None:
             print(f"warning: {threading.active_count()} threads before forking", file=sys.stderr)
         timeout = args.timeout or max(20.0, 4 * baseline)
         print(
-            f"== service/compute/{module}.py: {len(mutants)} mutants against {' '.join(tests)}"
+            f"== {MODULE_PATHS[module]}: {len(mutants)} mutants against {' '.join(tests)}"
             + (f" (missing, skipped: {', '.join(missing)})" if missing else "")
             + f"; unmutated tests {baseline:.1f} s, timeout {timeout:.0f} s",
             flush=True,
