@@ -287,6 +287,7 @@ def cross_entropy(
 ) -> Tensor:
     class_dim = _class_dim(input)
     classes = input.shape[class_dim]
+    label_smoothing = max(label_smoothing, 0.0)  # torch smooths only with a positive one
     log_p = log_softmax(input, dim=class_dim)
     class_weight = torch.ones(classes, dtype=input.dtype) if weight is None else weight
     weights = _along_classes(class_weight, input)

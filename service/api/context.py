@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from service.api.schemas import ComputeRequest, params_model
 from service.compute.expressions import Limits
-from service.compute.registry import NamedSpec
+from service.compute.registry import NamedSpec, ParamsSpec
 from service.compute.runtime import resolve_device
 from service.compute.wire import DTYPE_NAMES, FLOAT_DTYPES, ElementBudget, Encoding, Kind, decode, encode
 from service.config import Settings
@@ -75,7 +75,7 @@ def expression_limits(settings: Settings) -> Limits:
     return Limits(settings.expression_max_length, settings.expression_max_nodes, settings.expression_max_depth)
 
 
-def validate_params(spec: NamedSpec, params: dict[str, Any]) -> dict[str, Any]:
+def validate_params(spec: ParamsSpec, params: dict[str, Any]) -> dict[str, Any]:
     """An op's params checked against its registry entry; failures are the usual 422."""
     if not params:  # the defaults, valid by construction: no model to build
         return {param.name: param.default for param in spec.params}

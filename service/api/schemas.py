@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, create_model, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from service.compute.registry import NamedSpec, Param
+from service.compute.registry import Param, ParamsSpec, Rule
 
 NON_FINITE_SCHEMA: dict[str, Any] = {"type": "string", "enum": ["NaN", "Infinity", "-Infinity"]}
 ENCODED_TENSOR_SCHEMA: dict[str, Any] = {
@@ -317,20 +319,51 @@ class Info(BaseModel):
     limits: dict[str, int | float]
 
 
+PARAMS_DESCRIPTION = (
+    "Numbers lie within float32's range and integers within int64's, whatever the dtype: torch refuses "
+    "larger ones (float parameters of activations and optimizers for float32 inputs)."
+)
+
+
 @cache
-def params_model(spec: NamedSpec) -> type[BaseModel]:
-    """A strict pydantic model of one op's params, built from its registry entry."""
+def params_model(spec: ParamsSpec) -> type[BaseModel]:
+    """A strict pydantic model of one op's params, built from its registry entry: each param's
+    bounds, then the entry's rules."""
     fields: dict[str, Any] = {param.name: _param_field(param) for param in spec.params}
+    validators: dict[str, Any] = (
+        {"rules": model_validator(mode="after")(_rules_check(spec.rules))} if spec.rules else {}
+    )
     return create_model(
         f"{spec.name.title().replace('_', '')}Params",
         __config__=ConfigDict(extra="forbid", strict=True),
+        __doc__=PARAMS_DESCRIPTION,
+        __validators__=validators,
         **fields,
     )
 
 
+def _rules_check(rules: tuple[Rule, ...]) -> Callable[[BaseModel], BaseModel]:
+    """A validator failing with one error per broken rule, located at the param it names."""
+
+    def check(model: BaseModel) -> BaseModel:
+        values = {name: getattr(model, name) for name in type(model).model_fields}
+        errors = [
+            InitErrorDetails(
+                type=PydanticCustomError("param_rule", rule.message), loc=(rule.param,), input=values[rule.param]
+            )
+            for rule in rules
+            if not rule.holds(values)
+        ]
+        if errors:
+            raise ValidationError.from_exception_data(type(model).__name__, errors)
+        return model
+
+    return check
+
+
 def _param_field(param: Param) -> tuple[Any, Any]:
     annotation: Any
-    constraints = {key: getattr(param, key) for key in ("ge", "gt", "le", "lt") if getattr(param, key) is not None}
+    constraints: dict[str, Any] = param.bounds()
     if param.tensor:
         annotation = Tensor | None
     elif isinstance(param.default, tuple):
@@ -345,5 +378,5 @@ def _param_field(param: Param) -> tuple[Any, Any]:
     return annotation, Field(param.default, description=param.description, **constraints)
 
 
-def params_schema(spec: NamedSpec) -> dict[str, Any]:
+def params_schema(spec: ParamsSpec) -> dict[str, Any]:
     return params_model(spec).model_json_schema()

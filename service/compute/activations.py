@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import struct
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -15,7 +16,7 @@ from service.compute.autodiff import (
     jacobian,
     value_and_vjp,
 )
-from service.compute.registry import OpSpec, Param, Registry, Sample
+from service.compute.registry import FLOAT32_MAX, OpSpec, Param, Registry, Rule, Sample
 from service.compute.runtime import torch_errors
 from service.errors import InvalidInput
 
@@ -26,7 +27,6 @@ aten = torch.ops.aten
 SELU_ALPHA = 1.6732632423543772848170429916717
 SELU_SCALE = 1.0507009873554804934193349852946
 DIM = Param("dim", -1, "Dimension along which the normalisation runs.")
-LAMBD = Param("lambd", 0.5, "Half-width of the zero band.", ge=0.0)
 
 
 def check_dim(tensor: torch.Tensor, params: Mapping[str, Any]) -> None:
@@ -41,9 +41,21 @@ def check_dim(tensor: torch.Tensor, params: Mapping[str, Any]) -> None:
         )
 
 
-def check_hardtanh_bounds(tensor: torch.Tensor, params: Mapping[str, Any]) -> None:
-    if params["min_val"] > params["max_val"]:
-        raise InvalidInput("min_val must not exceed max_val.", error_type="invalid_param", param="min_val")
+# torch's hardtanh raises ValueError where min_val > max_val (NaN passes, as in torch).
+HARDTANH_ORDER = Rule("min_val", "min_val must not exceed max_val", lambda p: not p["min_val"] > p["max_val"])
+
+
+def _float32(value: float) -> float:
+    return float(struct.unpack("f", struct.pack("f", value))[0])
+
+
+# torch's celu divides by alpha (its backward by alpha rounded to float32), and a float32 input
+# refuses a 1 / alpha beyond float32's range.
+CELU_ALPHA = Rule(
+    "alpha",
+    "alpha must not be 0, nor so close to it that 1 / alpha exceeds float32's range",
+    lambda p: all(a != 0 and abs(1 / a) <= FLOAT32_MAX for a in (p["alpha"], _float32(p["alpha"]))),
+)
 
 
 def _activation(name: str, fn: Any, formula: str, *params: Param, elementwise: bool = True, **extra: Any) -> None:
@@ -94,9 +106,9 @@ _activation(
     "softplus",
     F.softplus,
     "log(1 + exp(beta * x)) / beta, or x where beta * x > threshold",
-    Param("beta", 1.0, "Sharpness of the curve.", gt=0.0),
-    Param("threshold", 20.0, "Above beta * x > threshold the function is linear.", gt=0.0),
-    samples=(Sample(), Sample(params={"beta": 2.0, "threshold": 1.0})),
+    Param("beta", 1.0, "Sharpness of the curve; a negative one mirrors it, 0 gives inf (as in torch)."),
+    Param("threshold", 20.0, "Above beta * x > threshold the function is linear."),
+    samples=(Sample(), Sample(params={"beta": 2.0, "threshold": 1.0}), Sample(params={"beta": -1.5})),
     backward=lambda g, x, y, p: aten.softplus_backward(g, x, p["beta"], p["threshold"]),
 )
 _activation(
@@ -111,8 +123,11 @@ _activation(
     "celu",
     F.celu,
     "max(0, x) + min(0, alpha * (exp(x / alpha) - 1))",
-    Param("alpha", 1.0, "Scale of the negative side.", gt=0.0),
-    samples=(Sample(), Sample(params={"alpha": 2.0})),
+    Param(
+        "alpha", 1.0, "Scale of the negative side; not 0, and 1 / alpha within float32's range (torch divides by it)."
+    ),
+    samples=(Sample(), Sample(params={"alpha": 2.0}), Sample(params={"alpha": -1.5})),
+    rules=(CELU_ALPHA,),
     backward=lambda g, x, y, p: aten.elu_backward(g, p["alpha"], 1.0, 1.0 / p["alpha"], False, x),
 )
 _activation(
@@ -129,11 +144,12 @@ _activation(
     "hardtanh",
     F.hardtanh,
     "clamp(x, min_val, max_val)",
-    Param("min_val", -1.0, "Lower bound."),
+    Param("min_val", -1.0, "Lower bound; at most max_val."),
     Param("max_val", 1.0, "Upper bound."),
     piecewise_linear=True,
     samples=(Sample(), Sample(params={"min_val": -0.5, "max_val": 2.0})),
-    check=check_hardtanh_bounds,
+    rules=(HARDTANH_ORDER,),
+    check=lambda x, p: HARDTANH_ORDER.enforce(p),
     backward=lambda g, x, y, p: aten.hardtanh_backward(g, x, p["min_val"], p["max_val"]),
 )
 _activation(
@@ -160,15 +176,16 @@ _activation(
     "softshrink",
     F.softshrink,
     "x - lambd if x > lambd, x + lambd if x < -lambd, else 0",
-    LAMBD,
+    Param("lambd", 0.5, "Half-width of the zero band.", ge=0.0),
     backward=lambda g, x, y, p: aten.softshrink_backward(g, x, p["lambd"]),
 )
 _activation(
     "hardshrink",
     F.hardshrink,
     "x if |x| > lambd else 0",
-    LAMBD,
+    Param("lambd", 0.5, "Half-width of the zero band; a negative one makes none (as in torch)."),
     piecewise_linear=True,
+    samples=(Sample(), Sample(shape=()), Sample(params={"lambd": -0.5})),
     backward=lambda g, x, y, p: aten.hardshrink_backward(g, x, p["lambd"]),
 )
 _activation(

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from service.compute.registry import Param, ParamValue, Registry, defaults
+from service.compute.registry import Param, ParamValue, Registry, Rule, defaults
 from service.compute.runtime import torch_errors
 from service.errors import InvalidInput
 
@@ -49,6 +49,7 @@ class LossSpec:
     differentiable: Mapping[str, frozenset[GradName]]
     """Keyed by the target's resolved kind ("float", "index" or "none")."""
     params: tuple[Param, ...] = ()
+    rules: tuple[Rule, ...] = ()
     samples: tuple[LossSample, ...] = (LossSample(),)
     check: Callable[[torch.Tensor, torch.Tensor | None, Mapping[str, Any]], None] | None = None
 
@@ -58,11 +59,14 @@ class LossSpec:
 
 LOSSES: Registry[LossSpec] = Registry("loss")
 
-REDUCTION = Param("reduction", "mean", "How per-element losses are combined.", choices=("mean", "sum", "none"))
+DEPRECATED_MEAN = " (not torch's deprecated alias elementwise_mean)."
+REDUCTION = Param(
+    "reduction", "mean", "How per-element losses are combined" + DEPRECATED_MEAN, choices=("mean", "sum", "none")
+)
 KL_REDUCTION = Param(
     "reduction",
     "batchmean",
-    "batchmean (the sum over the batch's first dimension: the true KL divergence), mean, sum or none.",
+    "batchmean (the sum over the batch's first dimension: the true KL divergence), mean, sum or none" + DEPRECATED_MEAN,
     choices=("batchmean", "mean", "sum", "none"),
 )
 IGNORE_INDEX = Param("ignore_index", -100, "Target index that contributes neither loss nor gradient.")
@@ -198,7 +202,12 @@ _register(
         params=(
             REDUCTION,
             IGNORE_INDEX,
-            Param("label_smoothing", 0.0, "Mix of the target with the uniform distribution.", ge=0.0, le=1.0),
+            Param(
+                "label_smoothing",
+                0.0,
+                "Mix of the target with the uniform distribution; a negative one is none (as in torch).",
+                le=1.0,
+            ),
         ),
         samples=(
             LossSample(target="index"),
@@ -206,6 +215,7 @@ _register(
             LossSample(target="probabilities", weight_shape=(4,)),
             LossSample(input_shape=(5,), target="index"),
             LossSample(input_shape=(2, 3, 4), target="index", params={"reduction": "none"}),
+            LossSample(target="index", params={"label_smoothing": -0.5}),
         ),
         check=check_classes,
     )
@@ -307,11 +317,12 @@ _register(
             REDUCTION,
             Param("log_input", True, "Whether input is the log of the rate."),
             Param("full", False, "Add the Stirling approximation term."),
-            Param("eps", 1e-8, "Keeps log away from 0 when log_input is false.", gt=0.0),
+            Param("eps", 1e-8, "Keeps log away from 0 when log_input is false (any value, as in torch)."),
         ),
         samples=(
             LossSample(target="unit"),
             LossSample(input_kind="unit", target="unit", params={"log_input": False, "full": True}),
+            LossSample(input_kind="unit", target="unit", params={"log_input": False, "eps": -0.01}),
         ),
     )
 )

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 import torch
 
-from service.compute.registry import Param, Registry, defaults
+from service.compute.registry import Param, Registry, Rule, defaults
 
 
 @dataclass(frozen=True, eq=False)
@@ -24,6 +24,7 @@ class OptimizerSpec:
     fused: Callable[[torch.Tensor, Mapping[str, Any]], Update] | None = None
     """The update as one fused torch kernel, the one ``cls(..., fused=True)`` runs, without the
     Optimizer's per-step bookkeeping."""
+    rules: tuple[Rule, ...] = ()
 
     def defaults(self) -> dict[str, Any]:
         return defaults(self.params)
@@ -157,6 +158,14 @@ _register(
     Param("dampening", 0.0, "Dampening of momentum.", ge=0.0),
     WEIGHT_DECAY,
     Param("nesterov", False, "Nesterov momentum (needs momentum > 0 and dampening 0)."),
+    # torch's SGD raises ValueError otherwise (a NaN momentum passes, as in torch).
+    rules=(
+        Rule(
+            "nesterov",
+            "nesterov needs momentum > 0 and dampening 0",
+            lambda p: not (p["nesterov"] and (p["momentum"] <= 0 or p["dampening"] != 0)),
+        ),
+    ),
 )
 _register(
     "adam",

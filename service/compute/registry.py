@@ -12,9 +12,11 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import torch
 
-from service.errors import NotFound
+from service.errors import InvalidInput, NotFound
 
 ParamValue = float | int | bool | str | tuple[float, ...]
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+INT64 = (-(2**63), 2**63 - 1)
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,36 @@ class Param:
     @property
     def python_type(self) -> type:
         return type(self.default)
+
+    def bounds(self) -> dict[str, float]:
+        """The bounds a value must meet: its own, each open end closed where torch's conversion of
+        a scalar refuses (an int outside int64; a float beyond float32's largest magnitude, which
+        torch refuses for float32 inputs: one range for every dtype, non-finite values excluded)."""
+        bounds = {key: getattr(self, key) for key in ("ge", "gt", "le", "lt") if getattr(self, key) is not None}
+        if self.tensor or self.choices or self.python_type not in (int, float, tuple):
+            return bounds
+        low, high = INT64 if self.python_type is int else (-FLOAT32_MAX, FLOAT32_MAX)
+        if not bounds.keys() & {"ge", "gt"}:
+            bounds["ge"] = low
+        if not bounds.keys() & {"le", "lt"}:
+            bounds["le"] = high
+        return bounds
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A condition on an op's params beyond each one's bounds (one param against another, or a
+    gap in a range), checked with them: where it fails, a validation error naming ``param``."""
+
+    param: str
+    message: str
+    """A validation error's message: no final period, as pydantic's."""
+    holds: Callable[[Mapping[str, Any]], bool]
+
+    def enforce(self, params: Mapping[str, Any]) -> None:
+        """The same condition where an op is called without request validation (the expression language)."""
+        if not self.holds(params):
+            raise InvalidInput(self.message + ".", error_type="invalid_param", param=self.param)
 
 
 @dataclass(frozen=True)
@@ -61,6 +93,7 @@ class OpSpec:
     piecewise_linear: bool = False
     """f'' is zero wherever it exists (used where torch has no double backward, e.g. hardsigmoid)."""
     samples: tuple[Sample, ...] = (Sample(),)
+    rules: tuple[Rule, ...] = ()
     check: Callable[[torch.Tensor, Mapping[str, Any]], None] | None = None
     """Extra validation of the input against the params (raises InvalidInput)."""
     backward: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Mapping[str, Any]], torch.Tensor] | None = None
@@ -86,6 +119,13 @@ class NamedSpec(Protocol):
 
     @property
     def params(self) -> tuple[Param, ...]: ...
+
+
+class ParamsSpec(NamedSpec, Protocol):
+    """A spec whose params a request sets: each within its bounds, all meeting the rules."""
+
+    @property
+    def rules(self) -> tuple[Rule, ...]: ...
 
 
 SpecT = TypeVar("SpecT", bound=NamedSpec)

@@ -128,7 +128,7 @@ BAD_REQUESTS: list[tuple[str, Any, int, str]] = [
     ("sigmoid", {"input": [1], "grad_output": [1, 2]}, 400, "shape_mismatch"),
     ("softmax", {"input": [1, 2], "second_order": True}, 400, "not_elementwise"),
     ("softmax", {"input": [1, 2], "params": {"dim": 1}}, 400, "invalid_param"),
-    ("hardtanh", {"input": [1], "params": {"min_val": 2, "max_val": 1}}, 400, "invalid_param"),
+    ("hardtanh", {"input": [1], "params": {"min_val": 2, "max_val": 1}}, 422, "validation_error"),
     ("nope", {"input": [1]}, 404, "unknown_activation"),
     ("sigmoid", {}, 422, "validation_error"),
     ("sigmoid", {"input": [1], "dtype": "float16"}, 422, "validation_error"),
@@ -140,7 +140,9 @@ BAD_REQUESTS: list[tuple[str, Any, int, str]] = [
     ("sigmoid", {"input": [1], "params": {"alpha": 1}}, 422, "validation_error"),
     ("elu", {"input": [1], "params": {"alpha": "big"}}, 422, "validation_error"),
     ("gelu", {"input": [1], "params": {"approximate": "fast"}}, 422, "validation_error"),
-    ("softplus", {"input": [1], "params": {"beta": 0}}, 422, "validation_error"),
+    ("softshrink", {"input": [1], "params": {"lambd": -1}}, 422, "validation_error"),
+    ("celu", {"input": [1], "params": {"alpha": 0}}, 422, "validation_error"),
+    ("leaky_relu", {"input": [1], "params": {"negative_slope": 1e39}}, 422, "validation_error"),
     ("softmax", {"input": [1], "params": {"dim": 0.5}}, 422, "validation_error"),
 ]
 

@@ -3,6 +3,7 @@ every bad input pinned to its status code and error type."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -120,7 +121,7 @@ BAD: list[tuple[str, dict[str, Any], int, str]] = [
     ("cross_entropy", {"input": [[1, 2], [3, 4]], "target": [0, 1, 1]}, 400, "shape_mismatch"),
     ("cross_entropy", {"input": [[1, 2]], "target": [0], "weight": [1, 2, 3]}, 400, "shape_mismatch"),
     ("mse", {"input": [1, 2], "target": [1, 2, 3]}, 400, "shape_mismatch"),
-    ("mse", {"input": [1, 2]}, 400, "missing_target"),
+    ("mse", {"input": [1, 2]}, 422, "validation_error"),
     ("mse", {"input": [1], "target": [1], "weight": [2]}, 400, "unexpected_weight"),
     ("entropy", {"input": [0.5, 0.5], "target": [1, 0]}, 400, "unexpected_target"),
     ("binary_cross_entropy", {"input": [0.5, 1.5], "target": [1, 0]}, 400, "out_of_range"),
@@ -150,6 +151,10 @@ BAD: list[tuple[str, dict[str, Any], int, str]] = [
         "validation_error",
     ),
     ("mse", {"target": [1]}, 422, "validation_error"),
+    ("cross_entropy", {"input": [[1, 2]], "target": [0], "params": {"label_smoothing": 1.5}}, 422, "validation_error"),
+    ("cross_entropy", {"input": [[1, 2]], "target": [0], "params": {"ignore_index": 2**63}}, 422, "validation_error"),
+    ("huber", {"input": [1], "target": [1], "params": {"delta": 0}}, 422, "validation_error"),
+    ("smooth_l1", {"input": [1], "target": [1], "params": {"beta": -1}}, 422, "validation_error"),
 ]
 
 
@@ -158,6 +163,32 @@ def test_bad_requests(client: AppClient, name: str, body: dict[str, Any], status
     if error_type == "device_unavailable" and torch.cuda.device_count() > 99:
         pytest.skip("this server has 100 GPUs")
     assert_error(client.post(f"/v1/losses/{name}", json=body), status, error_type)
+
+
+@pytest.mark.parametrize("spec", [spec for spec in LOSSES if spec.target != "none"], ids=lambda spec: spec.name)
+def test_a_loss_that_needs_a_target_and_gets_none_is_a_missing_field(client: AppClient, spec: LossSpec) -> None:
+    body, _ = wire_body(spec, spec.samples[0], torch.float64)
+    del body["target"]
+    error = assert_error(client.post(f"/v1/losses/{spec.name}", json=body), 422, "validation_error")
+    assert error["errors"] == [{"loc": ["body", "target"], "msg": "Field required", "type": "missing"}]
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "input", "target", "expected"),
+    [
+        # torch smooths only with a positive label_smoothing, and takes any eps.
+        ("cross_entropy", {"label_smoothing": -0.5}, [[0.0, 0.0]], [0], math.log(2.0)),
+        ("poisson_nll", {"log_input": False, "eps": 0.0}, [2.0], [1.0], 2.0 - math.log(2.0)),
+        ("poisson_nll", {"log_input": False, "eps": -1.0}, [2.0], [1.0], 2.0),
+    ],
+)
+def test_values_torch_takes_are_computed_as_torch_computes_them(
+    client: AppClient, name: str, params: dict[str, Any], input: Any, target: Any, expected: float
+) -> None:
+    body = {"input": input, "target": target, "params": params, "dtype": "float64"}
+    response = client.post(f"/v1/losses/{name}", json=body)
+    assert response.status_code == 200, response.text
+    assert response.json()["loss"] == pytest.approx(expected, rel=1e-15)
 
 
 def test_the_server_is_healthy_after_bad_input(client: AppClient) -> None:

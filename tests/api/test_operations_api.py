@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.api import context as compute_context
 from service.api.routes import activations as activations_route
 from service.compute import wire as tensors
 from service.compute.activations import evaluate_activation
@@ -178,7 +179,7 @@ def test_out_of_memory_is_a_503_and_the_next_request_succeeds(
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real_decode(*args, **kwargs)
 
-    monkeypatch.setattr(tensors, "decode", decode_once_out_of_memory)
+    monkeypatch.setattr(compute_context, "decode", decode_once_out_of_memory)
     refused = client.post("/v1/activations/sigmoid", json=SIGMOID)
     assert_error(refused, 503, "device_out_of_memory")
     assert refused.headers["retry-after"] == "1"
@@ -327,7 +328,7 @@ LANE_CASES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "not json": ("POST", "/v1/activations/sigmoid", {"content": b"input=1"}),
     "malformed": ("POST", "/v1/activations/sigmoid", {"content": b'{"input": [1,', "headers": JSON_HEADERS}),
     "off schema": ("POST", "/v1/activations/sigmoid", {"json": {"input": [1.0], "dtype": "float16"}}),
-    "bad param": ("POST", "/v1/activations/softplus", {"json": {"input": [1.0], "params": {"beta": -1}}}),
+    "bad param": ("POST", "/v1/activations/celu", {"json": {"input": [1.0], "params": {"alpha": 0.0}}}),
     "unknown name": ("POST", "/v1/activations/nope", {"json": {"input": [1.0]}}),
     "shape mismatch": ("POST", "/v1/losses/mse", {"json": {"input": [1.0, 2.0], "target": [1.0, 2.0, 3.0]}}),
     "wrong method": ("GET", "/v1/activations/sigmoid", {}),

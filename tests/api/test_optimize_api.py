@@ -249,8 +249,14 @@ BAD: list[tuple[str, dict[str, Any], int, str]] = [
     (
         "/v1/optimize",
         {"objective": "himmelblau", "x0": [1, 0], "optimizer": {"name": "sgd", "nesterov": True}},
-        400,
-        "computation_failed",
+        422,
+        "validation_error",
+    ),
+    (
+        "/v1/optimize",
+        {"objective": "himmelblau", "x0": [1, 0], "optimizer": {"name": "sgd", "lr": 1e39}},
+        422,
+        "validation_error",
     ),
     ("/v1/optimize", {"objective": "himmelblau", "x0": [1, 0], "steps": -1}, 422, "validation_error"),
     ("/v1/optimize", {"objective": "himmelblau", "x0": [1, 0], "record_every": 0}, 422, "validation_error"),
@@ -282,6 +288,26 @@ BAD: list[tuple[str, dict[str, Any], int, str]] = [
 @pytest.mark.parametrize(("path", "body", "status", "error_type"), BAD)
 def test_bad_requests(client: AppClient, path: str, body: dict[str, Any], status: int, error_type: str) -> None:
     assert_error(client.post(path, json=body), status, error_type)
+
+
+@pytest.mark.parametrize(
+    "sgd",
+    [{"nesterov": True}, {"nesterov": True, "momentum": 0.9, "dampening": 0.1}, {"nesterov": True, "momentum": -1}],
+)
+def test_nesterov_without_momentum_is_a_validation_error_naming_it(client: AppClient, sgd: dict[str, Any]) -> None:
+    """torch's SGD refuses it (ValueError): a 422 before any run, as every listed optimizer is checked."""
+    body = {"objective": "himmelblau", "x0": [1, 0], "optimizer": ["adam", {"name": "sgd", **sgd}]}
+    error = assert_error(client.post("/v1/optimize", json=body), 422, "validation_error")
+    assert [item["loc"][-1] for item in error["errors"]] == ["momentum" if sgd.get("momentum") == -1 else "nesterov"]
+    assert error["errors"][0]["loc"][:3] == ["body", "optimizer", 1]
+
+
+def test_nesterov_with_momentum_runs(client: AppClient) -> None:
+    optimizer = {"name": "sgd", "nesterov": True, "momentum": 0.9}
+    body = {"objective": "himmelblau", "x0": [1, 0], "optimizer": optimizer, "steps": 3}
+    response = client.post("/v1/optimize", json=body)
+    assert response.status_code == 200, response.text
+    assert response.json()["runs"][0]["steps"] == 3
 
 
 def test_limits_are_reported(make_client: ClientFactory) -> None:

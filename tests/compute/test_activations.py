@@ -390,12 +390,18 @@ def test_softplus_is_exactly_linear_above_its_default_threshold() -> None:
     ("name", "params", "x", "expected"),
     [
         ("softplus", {"beta": 0.5}, 0.0, 2 * math.log(2.0)),
+        ("softplus", {"beta": -1.0}, 0.0, -math.log(2.0)),
+        ("softplus", {"beta": 0.0}, 1.0, math.inf),
         ("softplus", {"threshold": 0.5}, 1.0, 1.0),
+        ("softplus", {"threshold": -1.0}, -0.5, -0.5),
         ("celu", {"alpha": 0.5}, -1.0, 0.5 * (math.exp(-2.0) - 1.0)),
+        ("celu", {"alpha": -0.5}, -1.0, -0.5 * (math.exp(2.0) - 1.0)),
         ("softshrink", {"lambd": 0.5}, 2.0, 1.5),
         ("softshrink", {"lambd": 0.0}, 2.0, 2.0),
         ("hardshrink", {"lambd": 0.5}, 0.25, 0.0),
         ("hardshrink", {"lambd": 0.0}, 0.25, 0.25),
+        ("hardshrink", {"lambd": -0.5}, 0.25, 0.25),
+        ("hardtanh", {"min_val": 0.5, "max_val": 0.5}, 2.0, 0.5),
         ("gelu", {"approximate": "none"}, 0.0, 0.0),
         ("gelu", {"approximate": "tanh"}, 0.0, 0.0),
     ],
@@ -412,17 +418,20 @@ def test_params_just_inside_their_bounds_are_accepted(
 @pytest.mark.parametrize(
     ("name", "params"),
     [
-        ("softplus", {"beta": 0.0}),
-        ("softplus", {"threshold": 0.0}),
+        ("softplus", {"beta": 3.5e38}),
         ("celu", {"alpha": 0.0}),
+        ("celu", {"alpha": 1e-39}),
         ("softshrink", {"lambd": -0.5}),
-        ("hardshrink", {"lambd": -0.5}),
+        ("hardshrink", {"lambd": -3.5e38}),
+        ("hardtanh", {"min_val": 0.75, "max_val": 0.5}),
         ("gelu", {"approximate": "erf"}),
     ],
 )
 def test_params_outside_their_bounds_are_validation_errors(
     client: AppClient, name: str, params: dict[str, Any]
 ) -> None:
-    assert_error(
+    """A 422 naming the parameter (hardtanh's crossed bounds: min_val)."""
+    error = assert_error(
         client.post(f"/v1/activations/{name}", json={"input": [1.0], "params": params}), 422, "validation_error"
     )
+    assert [item["loc"] for item in error["errors"]] == [["body", "params", next(iter(params))]]

@@ -41,7 +41,7 @@ from hypothesis import strategies as st
 
 from service.api.context import validate_params
 from service.compute.objectives import OBJECTIVES
-from service.compute.optimize import Objective, Run, Schedule, optimize
+from service.compute.optimisation import Objective, Run, Schedule, optimize
 from service.compute.optimizers import OPTIMIZERS, FusedAdam
 from service.compute.traced import trace_value_and_grad
 from service.errors import NotFound

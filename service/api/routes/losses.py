@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import torch
 from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
 
 from service.api.context import ComputeContext, validate_params
 from service.api.dispatch import admit, compute_response
@@ -47,6 +48,8 @@ async def loss(name: LossName, request: Request) -> JSONBytesResponse:
     inline = admit(request)
     body = await read_json_body(request, LossRequest)
     spec = LOSSES.get(name)
+    if body.target is None and spec.target != "none":  # required by this loss: a missing field
+        raise RequestValidationError([{"type": "missing", "loc": ("body", "target"), "msg": "Field required"}])
     params = validate_params(spec, body.params)
 
     def compute(ctx: ComputeContext) -> dict[str, Any]:
