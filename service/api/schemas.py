@@ -286,6 +286,91 @@ class LandscapeRequest(ComputeRequest):
     )
 
 
+WireFloat = Annotated[float | str, WithJsonSchema({"anyOf": [{"type": "number"}, NON_FINITE_SCHEMA]})]
+"""A number, non-finite values as the strings "NaN", "Infinity", "-Infinity"."""
+
+
+class KnownMinimum(BaseModel):
+    x: list[float]
+    value: float
+
+
+class ObjectiveInfo(BaseModel):
+    name: str
+    formula: str
+    dimension: int | None = Field(description="The fixed dimension, or null for any d >= 1 (shown here at d = 2).")
+    domain: list[list[float]] = Field(description="[lo, hi] per coordinate: the box for plots and random starts.")
+    minima: list[KnownMinimum] = Field(description="Known global minima (for himmelblau, all four).")
+
+
+class ObjectiveCatalog(BaseModel):
+    objectives: list[ObjectiveInfo]
+
+
+class OptimizerInfo(BaseModel):
+    name: str
+    doc: str
+    params: dict[str, Any] = Field(description="JSON schema of the optimizer's hyper-parameters.")
+
+
+class OptimizerCatalog(BaseModel):
+    optimizers: list[OptimizerInfo]
+
+
+class NearestMinimum(BaseModel):
+    x: list[float]
+    value: float
+    distance: WireFloat = Field(description="Euclidean distance from the run's end.")
+
+
+class TrajectoryOut(BaseModel):
+    step: list[int]
+    x: list[TensorOut]
+    value: list[WireFloat]
+
+
+class RunResult(BaseModel):
+    start: int = Field(description="Index of the run's start.")
+    optimizer: dict[str, Any] = Field(description="The optimizer's name and every hyper-parameter it ran with.")
+    x0: TensorOut
+    x: TensorOut = Field(description="Where the run ended.")
+    value: WireFloat
+    grad_norm: WireFloat
+    steps: int
+    stopped: Literal["max_steps", "tolerance", "diverged", "deadline"]
+    trajectory: TrajectoryOut = Field(description="Every record_every-th point, and the end.")
+    nearest_minimum: NearestMinimum | None = Field(description="For a catalog objective; null for a formula.")
+
+
+class Basin(BaseModel):
+    x: list[float]
+    value: float
+    count: int = Field(description="Runs that ended within reach_tolerance of this minimum (and nearest it).")
+
+
+class RunSummary(BaseModel):
+    optimizers: list[str]
+    x: TensorOut = Field(description="Final points [runs, d]; row i: start i // k with the i % k-th optimizer.")
+    value: TensorOut = Field(description="Final values [runs].")
+    steps: TensorOut = Field(description="Steps taken [runs].")
+    stopped: dict[str, int] = Field(description="How many runs stopped for each reason.")
+    minima: list[Basin] | None = Field(description="For a catalog objective; null for a formula.")
+
+
+class OptimizeResponse(BaseModel):
+    runs: list[RunResult] | None = Field(None, description="With report=runs: one per start and optimizer.")
+    summary: RunSummary | None = Field(None, description="With report=summary.")
+    meta: Meta
+
+
+class LandscapeResponse(BaseModel):
+    x: TensorOut = Field(description="The grid's x coordinates [nx].")
+    y: TensorOut = Field(description="The grid's y coordinates [ny].")
+    z: TensorOut = Field(description="Values [ny, nx].")
+    grad: TensorOut | None = Field(description="Gradients [ny, nx, 2], when asked.")
+    meta: Meta
+
+
 class ErrorDetail(BaseModel):
     model_config = ConfigDict(extra="allow")
 

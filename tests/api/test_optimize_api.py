@@ -12,6 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from service.api.schemas import LandscapeResponse, ObjectiveCatalog, OptimizerCatalog, OptimizeResponse
 from service.compute.objectives import OBJECTIVES
 from service.compute.optimizers import OPTIMIZERS
 from tests.compute.test_optimizer_oracles import (
@@ -557,3 +558,36 @@ def test_a_boolean_base_keeps_its_promotion_under_a_number_exponent(client: AppC
         expected = torch.tensor(start, dtype=torch.float64) * 0.8**5  # the indicator terms have no gradient
         torch.testing.assert_close(from_wire(run["x"]), expected, rtol=0, atol=1e-15)  # a closed form
     assert runs[0]["value"] == pytest.approx(1.0 - 1.0 + float((torch.tensor([1.0, -2.0]) * 0.8**5).square().sum()))
+
+
+TYPED_RESPONSES = {
+    ("/v1/objectives", "get"): "ObjectiveCatalog",
+    ("/v1/optimizers", "get"): "OptimizerCatalog",
+    ("/v1/optimize", "post"): "OptimizeResponse",
+    ("/v1/landscape", "post"): "LandscapeResponse",
+}
+
+
+def test_the_openapi_names_each_optimisation_response_model(client: AppClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    for (path, method), model in TYPED_RESPONSES.items():
+        schema = paths[path][method]["responses"]["200"]["content"]["application/json"]["schema"]
+        assert schema == {"$ref": f"#/components/schemas/{model}"}, (path, schema)
+
+
+def test_optimisation_responses_match_their_documented_models(client: AppClient) -> None:
+    """Each body the routes write is a valid instance of the model the OpenAPI names, whatever
+    the report, the objective (catalog or formula) and the encoding."""
+    assert ObjectiveCatalog.model_validate(client.get("/v1/objectives").json()).objectives
+    assert OptimizerCatalog.model_validate(client.get("/v1/optimizers").json()).optimizers
+    named = {"objective": "himmelblau", "starts": [[1.0, 0.0], [-4.0, 0.0]], "steps": 30, "record_every": 10}
+    formula = {"objective": {"expression": "sum((x - c) ** 2)", "inputs": {"c": [1.0, 2.0]}}, "x0": [0.0, 0.0]}
+    for body in (named, {**named, "report": "summary"}, {**formula, "steps": 5}, {**named, "encoding": "base64"}):
+        response = client.post("/v1/optimize", json=body)
+        assert response.status_code == 200, response.text
+        parsed = OptimizeResponse.model_validate(response.json())
+        assert (parsed.runs is None) == (body.get("report") == "summary")
+        assert (parsed.summary is None) != (body.get("report") == "summary")
+    grid = {"objective": "himmelblau", "x_range": [-1, 1], "y_range": [-1, 1], "resolution": 3, "gradient": True}
+    landscape = LandscapeResponse.model_validate(client.post("/v1/landscape", json=grid).json())
+    assert landscape.grad is not None

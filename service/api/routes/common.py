@@ -52,12 +52,11 @@ def compute_post(
     router: APIRouter,
     path: str,
     body: type[BaseModel],
-    result: type[BaseModel] | None = None,
+    result: type[BaseModel],
     **options: Any,
 ) -> Callable[[Endpoint], Endpoint]:
     """``@router.post(path, ...)`` for a compute endpoint: a RequestRoute whose JSON ``body`` and
     ``result`` models, and every error it may answer, are documented in the OpenAPI."""
-    documented: dict[int | str, dict[str, Any]] = {200: {"model": result}} if result is not None else {}
 
     def register(endpoint: Endpoint) -> Endpoint:
         router.add_api_route(
@@ -66,7 +65,7 @@ def compute_post(
             methods=["POST"],
             route_class_override=RequestRoute,
             response_class=JSONBytesResponse,
-            responses={**documented, **ERROR_RESPONSES},
+            responses={200: {"model": result}, **ERROR_RESPONSES},
             openapi_extra=json_body_openapi(body),
             **options,
         )

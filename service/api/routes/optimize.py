@@ -15,8 +15,15 @@ from service.api.responses import JSONBytesResponse
 from service.api.routes.common import AUTH_RESPONSES, compute_post
 from service.api.schemas import (
     ExpressionObjective,
+    KnownMinimum,
     LandscapeRequest,
+    LandscapeResponse,
+    ObjectiveCatalog,
+    ObjectiveInfo,
+    OptimizerCatalog,
     OptimizeRequest,
+    OptimizeResponse,
+    OptimizerInfo,
     params_model,
     params_schema,
 )
@@ -35,19 +42,19 @@ router = APIRouter(tags=["optimisation"])
 @router.get(
     "/v1/objectives", summary="Test functions: formulas, dimensions, domains and known minima", responses=AUTH_RESPONSES
 )
-def list_objectives() -> dict[str, Any]:
-    return {
-        "objectives": [
-            {
-                "name": objective.name,
-                "formula": objective.formula,
-                "dimension": objective.dimension,
-                "domain": [list(box) for box in objective.box(objective.dimension or 2)],
-                "minima": [{"x": x, "value": value} for x, value in objective.minima(objective.dimension or 2)],
-            }
+def list_objectives() -> ObjectiveCatalog:
+    return ObjectiveCatalog(
+        objectives=[
+            ObjectiveInfo(
+                name=objective.name,
+                formula=objective.formula,
+                dimension=objective.dimension,
+                domain=[list(box) for box in objective.box(objective.dimension or 2)],
+                minima=[KnownMinimum(x=x, value=value) for x, value in objective.minima(objective.dimension or 2)],
+            )
             for objective in OBJECTIVES
         ]
-    }
+    )
 
 
 @router.get(
@@ -55,8 +62,10 @@ def list_objectives() -> dict[str, Any]:
     summary="torch.optim optimizers and the JSON schema of their hyper-parameters",
     responses=AUTH_RESPONSES,
 )
-def list_optimizers() -> dict[str, Any]:
-    return {"optimizers": [{"name": spec.name, "doc": spec.doc, "params": params_schema(spec)} for spec in OPTIMIZERS]}
+def list_optimizers() -> OptimizerCatalog:
+    return OptimizerCatalog(
+        optimizers=[OptimizerInfo(name=spec.name, doc=spec.doc, params=params_schema(spec)) for spec in OPTIMIZERS]
+    )
 
 
 def _objective(
@@ -94,6 +103,7 @@ def _optimizers(field: Any) -> list[tuple[OptimizerSpec, dict[str, Any]]]:
     router,
     "/v1/optimize",
     OptimizeRequest,
+    OptimizeResponse,
     summary="Run optimizers from many starts, with trajectories; streamed as events on request",
     description="With `Accept: text/event-stream` the response is a stream of `progress` events (the step and "
     "each run's current x and value at every `record_every`), then one `result` event holding the usual body "
@@ -192,6 +202,7 @@ def _summary(summary: tasks.Summary, ctx: ComputeContext) -> dict[str, Any]:
     router,
     "/v1/landscape",
     LandscapeRequest,
+    LandscapeResponse,
     summary="Sample a 2-D objective on a grid, with its gradient field on request",
 )
 async def landscape(request: Request) -> JSONBytesResponse:
