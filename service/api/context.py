@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
+from service.api.errors import request_validation_error
 from service.api.schemas import ComputeRequest, params_model
 from service.compute.expressions import Limits
 from service.compute.registry import NamedSpec, ParamsSpec
@@ -75,15 +75,16 @@ def expression_limits(settings: Settings) -> Limits:
     return Limits(settings.expression_max_length, settings.expression_max_nodes, settings.expression_max_depth)
 
 
-def validate_params(spec: ParamsSpec, params: dict[str, Any]) -> dict[str, Any]:
-    """An op's params checked against its registry entry; failures are the usual 422."""
+def validate_params(
+    spec: ParamsSpec, params: dict[str, Any], where: tuple[str | int, ...] = ("body", "params")
+) -> dict[str, Any]:
+    """An op's params checked against its registry entry; failures are the usual 422, located
+    under ``where``."""
     if not params:  # the defaults, valid by construction: no model to build
         return {param.name: param.default for param in spec.params}
     try:
         validated = params_model(spec).model_validate(params)
     except ValidationError as exc:
-        raise RequestValidationError(
-            [{**error, "loc": ("body", "params", *error["loc"])} for error in exc.errors()]
-        ) from exc
+        raise request_validation_error(exc, *where) from exc
     # Not model_dump(): it would turn a tensor param still lazy in the parsed body into a dict.
     return {name: getattr(validated, name) for name in type(validated).model_fields}

@@ -6,11 +6,11 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.api.jsonbody import ServiceHTTPError
 from service.api.responses import JSONBytesResponse
 from service.errors import ServiceError, status_code_for
 
@@ -27,6 +27,19 @@ HTTP_ERROR_TYPES = {
     413: "body_too_large",
     415: "unsupported_media_type",
 }
+
+
+class ServiceHTTPError(HTTPException):
+    """Carries a ServiceError through code that only lets HTTPExceptions pass (body readers)."""
+
+    def __init__(self, error: ServiceError) -> None:
+        super().__init__(status_code=status_code_for(error), detail=error.message)
+        self.error = error
+
+
+def request_validation_error(exc: ValidationError, *where: str | int) -> RequestValidationError:
+    """pydantic's errors as FastAPI's 422, each located under ``where`` (such as "body", "params")."""
+    return RequestValidationError([{**error, "loc": (*where, *error["loc"])} for error in exc.errors()])
 
 
 def error_response(

@@ -10,24 +10,16 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from fastapi import HTTPException, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import Request
 from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect
 
 from service.api.deps import raw_header
+from service.api.errors import request_validation_error
 from service.compute.wire import parse_json
-from service.errors import ServiceError, UnsupportedMediaType, status_code_for
+from service.errors import UnsupportedMediaType
 
 Model = TypeVar("Model", bound=BaseModel)
-
-
-class ServiceHTTPError(HTTPException):
-    """Carries a ServiceError through code that only lets HTTPExceptions pass (body readers)."""
-
-    def __init__(self, error: ServiceError) -> None:
-        super().__init__(status_code=status_code_for(error), detail=error.message)
-        self.error = error
 
 
 def _is_json(content_type: bytes | None) -> bool:
@@ -56,9 +48,7 @@ async def read_json_body(request: Request, model: type[Model]) -> Model:
     try:
         return model.model_validate(tree)
     except ValidationError as exc:
-        raise RequestValidationError(
-            [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()], body=None
-        ) from exc
+        raise request_validation_error(exc, "body") from exc
 
 
 COMPONENT_REF = "#/components/schemas/{model}"

@@ -6,7 +6,7 @@ from __future__ import annotations
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.jsonbody import ServiceHTTPError
+from service.api.errors import ServiceHTTPError
 from service.api.responses import StartTrackingSend, send_error
 from service.errors import LimitExceeded
 

@@ -6,10 +6,8 @@ from dataclasses import asdict
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
 
-from service.api.context import ComputeContext, expression_limits
+from service.api.context import ComputeContext, expression_limits, validate_params
 from service.api.dispatch import accept, request_deadline
 from service.api.responses import JSONBytesResponse
 from service.api.routes.common import AUTH_RESPONSES, compute_post
@@ -24,7 +22,6 @@ from service.api.schemas import (
     OptimizeRequest,
     OptimizeResponse,
     OptimizerInfo,
-    params_model,
     params_schema,
 )
 from service.api.streaming import EventStream, wants_events
@@ -89,13 +86,7 @@ def _optimizers(field: Any) -> list[tuple[OptimizerSpec, dict[str, Any]]]:
         name = choice if isinstance(choice, str) else choice.name
         spec = OPTIMIZERS.get(name)
         given = {} if isinstance(choice, str) else dict(choice.model_extra or {})
-        try:
-            validated = params_model(spec).model_validate(given)
-        except ValidationError as exc:
-            raise RequestValidationError(
-                [{**error, "loc": ("body", "optimizer", index, *error["loc"])} for error in exc.errors()]
-            ) from exc
-        resolved.append((spec, {key: getattr(validated, key) for key in type(validated).model_fields}))
+        resolved.append((spec, validate_params(spec, given, ("body", "optimizer", index))))
     return resolved
 
 
