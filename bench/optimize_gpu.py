@@ -25,9 +25,9 @@ import httpx
 import torch
 
 from bench.servers import uvicorn_server
-from service.compute.objectives import OBJECTIVES
 from service.compute.optimisation import Objective, Schedule, optimize
-from service.compute.optimizers import OPTIMIZERS
+from service.compute.optimisation.objectives import OBJECTIVES
+from service.compute.optimisation.optimizers import OPTIMIZERS
 
 HIMMELBLAU = OBJECTIVES.get("himmelblau").fn
 ADAM = OPTIMIZERS.get("adam")

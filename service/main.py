@@ -22,9 +22,9 @@ from service.api.observability import Metrics, RequestMiddleware
 from service.api.pool import ComputePool
 from service.api.routes import ROUTERS
 from service.api.routing import ComputeLane, RequestRoute
-from service.compute.activations import ACTIVATIONS, evaluate_activation
-from service.compute.compiled import ChunkCompiler, cxx_available
-from service.compute.traced import trace_value_and_grad
+from service.compute.ops.activations import ACTIVATIONS, evaluate_activation
+from service.compute.optimisation.compiled import ChunkCompiler, cxx_available
+from service.compute.optimisation.traced import trace_value_and_grad
 from service.config import Settings
 
 logger = logging.getLogger("service")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from service.compute.losses import LossSample, LossSpec
-from service.compute.objectives import OBJECTIVES
+from service.compute.ops.activations import ActivationSample, ActivationSpec
+from service.compute.ops.losses import LossSample, LossSpec
 from service.compute.optimisation import Objective, Schedule, optimize
-from service.compute.optimizers import OPTIMIZERS, OptimizerSpec
-from service.compute.registry import OpSpec, Sample
+from service.compute.optimisation.objectives import OBJECTIVES
+from service.compute.optimisation.optimizers import OPTIMIZERS, OptimizerSpec
 from tests.api.test_losses_api import wire_body
 from tests.compute.test_activations import CASES, sample_input
 from tests.compute.test_losses import CASES as LOSS_CASES
@@ -24,7 +24,7 @@ pytestmark = [
 
 
 @pytest.mark.parametrize(("spec", "sample"), CASES)
-def test_activation_on_cuda_matches_cpu(client: AppClient, spec: OpSpec, sample: Sample) -> None:
+def test_activation_on_cuda_matches_cpu(client: AppClient, spec: ActivationSpec, sample: ActivationSample) -> None:
     x = sample_input(sample)
     body = {
         "input": x.tolist(),

@@ -12,8 +12,8 @@ from pydantic import ValidationError
 
 from service.api.errors import request_validation_error
 from service.api.schemas import ComputeRequest, params_model
-from service.compute.expressions import Limits
-from service.compute.registry import NamedSpec, ParamsSpec
+from service.compute.expressions.language import Limits
+from service.compute.ops.registry import NamedSpec, ParamsSpec
 from service.compute.runtime import resolve_device
 from service.compute.wire import DTYPE_NAMES, FLOAT_DTYPES, ElementBudget, Encoding, Kind, decode, encode
 from service.config import Settings

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, create_model, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from service.compute.registry import Param, ParamsSpec, Rule
+from service.compute.ops.registry import Param, ParamsSpec, Rule
 
 NON_FINITE_SCHEMA: dict[str, Any] = {"type": "string", "enum": ["NaN", "Infinity", "-Infinity"]}
 ENCODED_TENSOR_SCHEMA: dict[str, Any] = {

@@ -9,8 +9,7 @@ import orjson
 import pytest
 import torch
 
-from service.compute.activations import ACTIVATIONS
-from service.compute.registry import OpSpec, Sample
+from service.compute.ops.activations import ACTIVATIONS, ActivationSample, ActivationSpec
 from tests import oracles
 from tests.compute.test_activations import (
     CASES,
@@ -32,7 +31,9 @@ FLOAT32: dict[str, Any] = {"rtol": 1e-5, "atol": 1e-6}
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize(("spec", "sample"), CASES)
-def test_values_and_grads_equal_the_oracle(client: AppClient, spec: OpSpec, sample: Sample, dtype: str) -> None:
+def test_values_and_grads_equal_the_oracle(
+    client: AppClient, spec: ActivationSpec, sample: ActivationSample, dtype: str
+) -> None:
     """Only the sample's own params go over the wire and into the oracle, so the server's defaults
     must be the oracle's too."""
     x = sample_input(sample).to(DTYPES[dtype])
@@ -62,7 +63,7 @@ def test_values_and_grads_equal_the_oracle(client: AppClient, spec: OpSpec, samp
 
 
 @pytest.mark.parametrize("spec", [spec for spec in ACTIVATIONS if spec.elementwise], ids=lambda s: s.name)
-def test_second_order_in_base64(client: AppClient, spec: OpSpec) -> None:
+def test_second_order_in_base64(client: AppClient, spec: ActivationSpec) -> None:
     """f, f' and f'' at the defaults (no params sent), against the oracle's values."""
     x = torch.linspace(-4, 4, 7, dtype=torch.float64) + 0.1
     body = {"input": to_base64(x), "dtype": "float64", "encoding": "base64", "second_order": True}

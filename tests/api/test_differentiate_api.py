@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from service.compute.activations import ACTIVATIONS
-from service.compute.losses import LOSSES
+from service.compute.ops.activations import ACTIVATIONS
+from service.compute.ops.losses import LOSSES
 from tests.compute.test_expressions import DTYPE_REFUSALS, FUZZED_SOURCES, HIMMELBLAU, REFUSED
 from tests.conftest import AppClient, ClientFactory
 from tests.helpers import assert_error, examples, from_wire, to_base64

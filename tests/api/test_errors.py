@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import torch
 
-import service.compute.differentiate
-from service.compute import activations as activations_module
-from service.compute import losses as losses_module
+import service.compute.expressions.differentiate
+from service.compute.ops import activations as activations_module
+from service.compute.ops import losses as losses_module
 from service.compute.runtime import is_torch_refusal, torch_errors
 from service.errors import InvalidInput
 from tests.conftest import AppClient, ClientFactory
@@ -86,7 +86,7 @@ def test_a_fault_in_our_code_is_a_logged_500_with_the_request_id(
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise fault("injected fault")
 
-    monkeypatch.setattr(service.compute.differentiate, "value_and_vjp_many", broken)
+    monkeypatch.setattr(service.compute.expressions.differentiate, "value_and_vjp_many", broken)
     client = make_client()
     with caplog.at_level(logging.ERROR, logger="service.errors"):
         response = client.post(

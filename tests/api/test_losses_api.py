@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from service.compute.losses import LOSSES, LossSample, LossSpec
+from service.compute.ops.losses import LOSSES, LossSample, LossSpec
 from tests import oracles
 from tests.compute.test_losses import CASES, CONTRACT_NAMES, TIGHT, Tensors, check_gradients, make_inputs
 from tests.conftest import AppClient

@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from service.api import context as compute_context
 from service.api.routes import activations as activations_route
 from service.compute import wire as tensors
-from service.compute.activations import evaluate_activation
+from service.compute.ops.activations import evaluate_activation
 from service.config import Settings
 from service.logs import JsonFormatter, TextFormatter
 from service.main import create_app

@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.api.schemas import LandscapeResponse, ObjectiveCatalog, OptimizerCatalog, OptimizeResponse
-from service.compute.objectives import OBJECTIVES
-from service.compute.optimizers import OPTIMIZERS
+from service.compute.optimisation.objectives import OBJECTIVES
+from service.compute.optimisation.optimizers import OPTIMIZERS
 from tests.compute.test_optimizer_oracles import (
     FUSED,
     STARTS,

@@ -12,8 +12,14 @@ from typing import Any
 import pytest
 import torch
 
-from service.compute.activations import ACTIVATIONS, SMALL_ONES, evaluate_activation, ones_for
-from service.compute.registry import OpSpec, Sample
+from service.compute.ops.activations import (
+    ACTIVATIONS,
+    SMALL_ONES,
+    ActivationSample,
+    ActivationSpec,
+    evaluate_activation,
+    ones_for,
+)
 from service.errors import InvalidInput, LimitExceeded, NotFound
 from tests import oracles
 from tests.conftest import AppClient
@@ -64,14 +70,14 @@ ELEMENTWISE_CASES = [
 ]
 
 
-def sample_input(sample: Sample, seed: int = 0) -> torch.Tensor:
+def sample_input(sample: ActivationSample, seed: int = 0) -> torch.Tensor:
     if sample.values is not None:
         return torch.tensor(sample.values, dtype=torch.float64)
     generator = torch.Generator().manual_seed(seed)
     return 2.5 * torch.randn(sample.shape, generator=generator, dtype=torch.float64)
 
 
-def params_of(spec: OpSpec, sample: Sample) -> dict[str, Any]:
+def params_of(spec: ActivationSpec, sample: ActivationSample) -> dict[str, Any]:
     return {**spec.defaults(), **sample.params}
 
 
@@ -80,7 +86,7 @@ def prefixed(label: str) -> Callable[[str], str]:
     return lambda message: f"{label}: {message}"
 
 
-def oracle_for(spec: OpSpec, params: dict[str, Any]) -> Callable[[torch.Tensor], torch.Tensor]:
+def oracle_for(spec: ActivationSpec, params: dict[str, Any]) -> Callable[[torch.Tensor], torch.Tensor]:
     oracle = oracles.ACTIVATIONS[spec.name]
     return lambda t: oracle(t, **params)
 
@@ -150,7 +156,7 @@ def test_registry_covers_the_contract() -> None:
 
 
 @pytest.mark.parametrize(("spec", "sample"), CASES)
-def test_value_and_vjp_equal_the_oracle(spec: OpSpec, sample: Sample) -> None:
+def test_value_and_vjp_equal_the_oracle(spec: ActivationSpec, sample: ActivationSample) -> None:
     x = sample_input(sample)
     params = params_of(spec, sample)
     grad_output = torch.randn(x.shape, generator=torch.Generator().manual_seed(1), dtype=x.dtype)
@@ -171,7 +177,7 @@ BACKWARD_CASES = [
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize(("spec", "sample"), BACKWARD_CASES)
-def test_backward_kernel_equals_autograd(spec: OpSpec, sample: Sample, dtype: torch.dtype) -> None:
+def test_backward_kernel_equals_autograd(spec: ActivationSpec, sample: ActivationSample, dtype: torch.dtype) -> None:
     """An entry's direct backward is bitwise autograd's VJP, at the kinks and saturations too."""
     assert spec.backward is not None
     x = sample_input(sample).to(dtype)
@@ -189,7 +195,9 @@ def test_backward_kernel_equals_autograd(spec: OpSpec, sample: Sample, dtype: to
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize(("spec", "sample"), BACKWARD_CASES)
-def test_default_cotangent_gives_autograds_gradient(spec: OpSpec, sample: Sample, dtype: torch.dtype) -> None:
+def test_default_cotangent_gives_autograds_gradient(
+    spec: ActivationSpec, sample: ActivationSample, dtype: torch.dtype
+) -> None:
     """Without grad_output the gradient is autograd's VJP with ones, bitwise, whether the ones
     are the shared small ones or made for a large input; the shared ones stay ones."""
     params = params_of(spec, sample)
@@ -213,7 +221,7 @@ def test_common_activations_have_a_backward_kernel() -> None:
 
 
 @pytest.mark.parametrize(("spec", "sample"), CASES)
-def test_oracle_gradients_match_finite_differences(spec: OpSpec, sample: Sample) -> None:
+def test_oracle_gradients_match_finite_differences(spec: ActivationSpec, sample: ActivationSample) -> None:
     """The references' own derivatives, which the service is held to."""
     x = sample_input(sample).requires_grad_(True)
     fn = oracle_for(spec, params_of(spec, sample))
@@ -223,7 +231,7 @@ def test_oracle_gradients_match_finite_differences(spec: OpSpec, sample: Sample)
 
 
 @pytest.mark.parametrize(("spec", "sample"), ELEMENTWISE_CASES)
-def test_second_derivative_is_the_oracles(spec: OpSpec, sample: Sample) -> None:
+def test_second_derivative_is_the_oracles(spec: ActivationSpec, sample: ActivationSample) -> None:
     x = sample_input(sample)
     params = params_of(spec, sample)
     result = evaluate_activation(spec, x, params, second_order=True, max_jacobian_elements=1)
@@ -232,7 +240,7 @@ def test_second_derivative_is_the_oracles(spec: OpSpec, sample: Sample) -> None:
 
 
 @pytest.mark.parametrize(("spec", "sample"), ELEMENTWISE_CASES)
-def test_second_derivative_is_the_derivative_of_the_first(spec: OpSpec, sample: Sample) -> None:
+def test_second_derivative_is_the_derivative_of_the_first(spec: ActivationSpec, sample: ActivationSample) -> None:
     x = sample_input(sample)
     params = params_of(spec, sample)
     result = evaluate_activation(spec, x, params, second_order=True, max_jacobian_elements=1)
@@ -243,7 +251,7 @@ def test_second_derivative_is_the_derivative_of_the_first(spec: OpSpec, sample: 
 
 
 @pytest.mark.parametrize(("spec", "sample"), CASES)
-def test_jacobian_equals_the_oracles(spec: OpSpec, sample: Sample) -> None:
+def test_jacobian_equals_the_oracles(spec: ActivationSpec, sample: ActivationSample) -> None:
     x = sample_input(sample)
     params = params_of(spec, sample)
     result = evaluate_activation(spec, x, params, want_jacobian=True, max_jacobian_elements=10_000)

@@ -24,12 +24,18 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.compute.compiled import CHUNK, ChunkCompiler
-from service.compute.objectives import OBJECTIVES
 from service.compute.optimisation import Objective, Outcome, Schedule, optimize
-from service.compute.optimizers import OPTIMIZERS
+from service.compute.optimisation.compiled import CHUNK, ChunkCompiler
+from service.compute.optimisation.objectives import OBJECTIVES
+from service.compute.optimisation.optimizers import OPTIMIZERS
 from tests.compute.test_optimize import STARTS
-from tests.compute.test_optimizer_oracles import ADAM_LIKE, assert_runs_match, reference_runs, service_settings
+from tests.compute.test_optimizer_oracles import (
+    ADAM_LIKE,
+    assert_runs_match,
+    log_uniform,
+    reference_runs,
+    service_settings,
+)
 from tests.helpers import examples
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="no C++ compiler")
@@ -95,19 +101,25 @@ def test_compiled_runs_equal_torchs_loops(
     assert [(run.steps, run.trajectory.step) for run in outcome.runs()] == [(steps, [0, 500, 1_000])] * len(STARTS)
 
 
+COMPILED_RANGES = {**ADAM_LIKE, "lr": log_uniform(1e-4, 0.1)}
+
+
 @pytest.mark.parametrize(("name", "options"), VARIANTS, ids=[name for name, _ in VARIANTS])
 @settings(max_examples=examples(5))
 @given(data=st.data())
 def test_compiled_runs_take_the_requests_hyper_parameters(
     compiled: dict[str, ChunkCompiler], name: str, options: dict[str, Any], data: st.DataObject
 ) -> None:
-    """Hyper-parameters are kernel inputs: lr, betas, eps and weight_decay drawn over their whole
-    ranges find the compiled chunk, and it takes them. 65 steps: one eager, then four chunks."""
-    drawn = data.draw(st.fixed_dictionaries({}, optional=ADAM_LIKE), label="request")
+    """Hyper-parameters are kernel inputs: betas, eps and weight_decay drawn over their whole
+    ranges, and lr up to 0.1, find the compiled chunk, and it takes them. 17 steps: one eager,
+    then one chunk. The kernel rounds in its own order, which chaotic dynamics amplify: with
+    beta2 0 and lr 1.0 a run ends 1e-11 (relative) from torch's fused run after 17 steps and 6e-4
+    after 65; with lr 0.1, 8e-8 after 65 (measured). Long runs are checked at tame settings below."""
+    drawn = data.draw(st.fixed_dictionaries({}, optional=COMPILED_RANGES), label="request")
     request = {**drawn, "amsgrad": options.get("amsgrad", False)}  # the compiled variant's
     with kernel_used(compiled[name]):
-        outcome = run(name, request, Schedule(65, 65), compiled[name])
-    expected = reference_runs(name, request, HIMMELBLAU.fn, STARTS, 65, 65, one_parameter=True, fused=True)
+        outcome = run(name, request, Schedule(17, 17), compiled[name])
+    expected = reference_runs(name, request, HIMMELBLAU.fn, STARTS, 17, 17, one_parameter=True, fused=True)
     assert_runs_match(outcome.runs(), expected, rtol=TOLERANCE, atol=TOLERANCE)
 
 

@@ -13,11 +13,11 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from service.compute.activations import ACTIVATIONS
-from service.compute.differentiate import Derivative, Derivatives, differentiate
-from service.compute.expressions import Limits, compile_program
-from service.compute.functions import FUNCTIONS
-from service.compute.losses import LOSSES
+from service.compute.expressions.differentiate import Derivative, Derivatives, differentiate
+from service.compute.expressions.language import Limits, compile_program
+from service.compute.ops.activations import ACTIVATIONS
+from service.compute.ops.functions import FUNCTIONS
+from service.compute.ops.losses import LOSSES
 from service.compute.runtime import torch_errors
 from service.errors import InvalidInput, LimitExceeded, Overloaded, ServiceError, status_code_for
 from tests import oracles

@@ -24,10 +24,10 @@ import torch.nn.functional as F
 from hypothesis import assume, event, given, settings
 from hypothesis import strategies as st
 
-from service.compute.differentiate import Derivative, Derivatives, differentiate
-from service.compute.expressions import BINARY_OPS, OPERATOR_SYMBOLS, OPERATORS, Limits, compile_program
-from service.compute.expressions import COMPARISONS as COMPILED_COMPARISONS
-from service.compute.functions import FUNCTIONS
+from service.compute.expressions.differentiate import Derivative, Derivatives, differentiate
+from service.compute.expressions.language import BINARY_OPS, OPERATOR_SYMBOLS, OPERATORS, Limits, compile_program
+from service.compute.expressions.language import COMPARISONS as COMPILED_COMPARISONS
+from service.compute.ops.functions import FUNCTIONS
 from service.errors import InvalidInput
 from tests import oracles
 from tests.helpers import examples

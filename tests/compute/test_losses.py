@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from service.compute.losses import (
+from service.compute.ops.losses import (
     LOSSES,
     GradName,
     LossSample,

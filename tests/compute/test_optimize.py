@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 import torch
 
-from service.compute.objectives import OBJECTIVES, Objective
 from service.compute.optimisation import Objective as Target
 from service.compute.optimisation import Schedule, optimize
-from service.compute.optimizers import OPTIMIZERS, OptimizerSpec
+from service.compute.optimisation.objectives import OBJECTIVES, Objective
+from service.compute.optimisation.optimizers import OPTIMIZERS, OptimizerSpec
 from tests.compute.test_optimizer_oracles import FUSED, TORCH_CLASSES, service_settings, torch_kwargs
 
 F64 = torch.float64

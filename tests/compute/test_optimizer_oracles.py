@@ -40,10 +40,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.api.context import validate_params
-from service.compute.objectives import OBJECTIVES
 from service.compute.optimisation import Objective, Run, Schedule, optimize
-from service.compute.optimizers import OPTIMIZERS, FusedAdam
-from service.compute.traced import trace_value_and_grad
+from service.compute.optimisation.objectives import OBJECTIVES
+from service.compute.optimisation.optimizers import OPTIMIZERS, FusedAdam
+from service.compute.optimisation.traced import trace_value_and_grad
 from service.errors import NotFound
 from tests.helpers import examples
 

@@ -15,9 +15,8 @@ from typing import Any, Literal
 import pytest
 import torch
 
-from service.compute.activations import ACTIVATIONS, ActivationResult, evaluate_activation
-from service.compute.losses import LOSSES, LossSample, LossSpec, evaluate_loss
-from service.compute.registry import OpSpec
+from service.compute.ops.activations import ACTIVATIONS, ActivationResult, ActivationSpec, evaluate_activation
+from service.compute.ops.losses import LOSSES, LossSample, LossSpec, evaluate_loss
 from tests import oracles
 from tests.compute.test_activations import (
     FINITE_DIFFERENCE,
@@ -75,7 +74,7 @@ ACTIVATION_VARIATIONS: dict[str, list[dict[str, Any]]] = {
 }
 
 
-def wide_input(spec: OpSpec, seed: int) -> torch.Tensor:
+def wide_input(spec: ActivationSpec, seed: int) -> torch.Tensor:
     """24 values across every kink and saturation the parameters above move (none within 1e-3 of
     one); two far out, past softplus's default threshold and elu's saturation."""
     generator = torch.Generator().manual_seed(seed)
@@ -90,7 +89,7 @@ def wide_input(spec: OpSpec, seed: int) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class ActivationCase:
-    spec: OpSpec
+    spec: ActivationSpec
     x: torch.Tensor
     params: dict[str, Any]
     """Every parameter, defaults included (the defaults test calls the service without them)."""
@@ -157,7 +156,7 @@ def test_activation_equals_its_oracle(case: ActivationCase) -> None:
 
 
 @pytest.mark.parametrize("spec", list(ACTIVATIONS), ids=lambda spec: spec.name)
-def test_activation_defaults_are_the_oracles(spec: OpSpec) -> None:
+def test_activation_defaults_are_the_oracles(spec: ActivationSpec) -> None:
     """The service with the registry's defaults, the oracle with no parameters: the same function."""
     oracle = oracles.ACTIVATIONS[spec.name]
     x = wide_input(spec, seed=5)

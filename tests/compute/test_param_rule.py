@@ -26,14 +26,14 @@ import torch
 from fastapi.exceptions import RequestValidationError
 
 from service.api.context import validate_params
-from service.compute.activations import ACTIVATIONS, evaluate_activation
-from service.compute.losses import LOSSES, LossSpec, evaluate_loss
-from service.compute.optimizers import OPTIMIZERS
-from service.compute.registry import FLOAT32_MAX, INT64, OpSpec, Param, ParamsSpec
+from service.compute.ops.activations import ACTIVATIONS, ActivationSpec, evaluate_activation
+from service.compute.ops.losses import LOSSES, LossSpec, evaluate_loss
+from service.compute.ops.registry import FLOAT32_MAX, INT64, Param, ParamsSpec
+from service.compute.optimisation.optimizers import OPTIMIZERS
 from service.errors import InvalidInput
 from tests.compute.test_losses import make_inputs
 
-Spec = OpSpec | LossSpec
+Spec = ActivationSpec | LossSpec
 
 
 def least_celu_alpha() -> float:
@@ -116,7 +116,7 @@ def calls(
 ) -> tuple[Callable[[], torch.Tensor], Callable[[], Any]]:
     """The registered torch function at sample inputs, and the service's evaluation there."""
     params = {**spec.defaults(), **given}
-    if isinstance(spec, OpSpec):
+    if isinstance(spec, ActivationSpec):
         x = torch.linspace(-2.0, 2.0, 6, dtype=dtype).reshape(2, 3).requires_grad_(True)
         return (
             functools.partial(spec.fn, x, **params),

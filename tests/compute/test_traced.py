@@ -12,12 +12,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from service.compute.expressions import Limits, compile_program
-from service.compute.objectives import OBJECTIVES, Objective
+from service.compute.expressions.language import Limits, compile_program
 from service.compute.optimisation import Objective as Target
 from service.compute.optimisation import Schedule, optimize
-from service.compute.optimizers import OPTIMIZERS
-from service.compute.traced import trace_value_and_grad
+from service.compute.optimisation.objectives import OBJECTIVES, Objective
+from service.compute.optimisation.optimizers import OPTIMIZERS
+from service.compute.optimisation.traced import trace_value_and_grad
 from tests.compute.test_optimize import STARTS, independent_loop
 from tests.compute.test_optimizer_oracles import FUSED, service_settings
 

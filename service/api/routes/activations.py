@@ -17,7 +17,7 @@ from service.api.schemas import (
     ActivationResponse,
     params_schema,
 )
-from service.compute.activations import ACTIVATIONS, evaluate_activation
+from service.compute.ops.activations import ACTIVATIONS, evaluate_activation
 
 router = APIRouter(prefix="/v1/activations", tags=["activations"])
 

@@ -12,7 +12,7 @@ from service.api.jsonbody import json_body_openapi
 from service.api.responses import JSONBytesResponse
 from service.api.routing import RequestRoute
 from service.api.schemas import ErrorBody
-from service.compute.registry import Registry
+from service.compute.ops.registry import Registry
 
 
 def _errors(descriptions: dict[int, str]) -> dict[int | str, dict[str, Any]]:

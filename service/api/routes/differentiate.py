@@ -11,9 +11,9 @@ from service.api.dispatch import accept
 from service.api.responses import JSONBytesResponse
 from service.api.routes.common import AUTH_RESPONSES, compute_post
 from service.api.schemas import DifferentiateRequest, DifferentiateResponse, FunctionCatalog, FunctionInfo
-from service.compute.differentiate import differentiate
-from service.compute.expressions import OPERATORS, compile_program
-from service.compute.functions import FUNCTIONS
+from service.compute.expressions.differentiate import differentiate
+from service.compute.expressions.language import OPERATORS, compile_program
+from service.compute.ops.functions import FUNCTIONS
 
 router = APIRouter(tags=["expressions"])
 

@@ -14,7 +14,7 @@ from service.api.jsonbody import read_json_body
 from service.api.responses import JSONBytesResponse
 from service.api.routes.common import AUTH_RESPONSES, compute_post, name_parameter
 from service.api.schemas import LossCatalog, LossInfo, LossRequest, LossResponse, params_schema
-from service.compute.losses import LOSSES, evaluate_loss
+from service.compute.ops.losses import LOSSES, evaluate_loss
 
 router = APIRouter(prefix="/v1/losses", tags=["losses"])
 

@@ -19,7 +19,8 @@ from typing import Any, Literal
 
 import torch
 
-from service.compute.compiled import ChunkCompiler
+from service.compute.optimisation.compiled import ChunkCompiler
+from service.compute.optimisation.optimizers import OptimizerSpec
 from service.compute.optimisation.runs import (
     STOP_DEADLINE,
     STOP_DIVERGED,
@@ -32,8 +33,7 @@ from service.compute.optimisation.runs import (
     Schedule,
 )
 from service.compute.optimisation.steppers import AutogradStepper, OutOfTime, Stepper, TracedStepper, trace_objective
-from service.compute.optimizers import OptimizerSpec
-from service.compute.traced import TracedValueAndGrad, finite_probe
+from service.compute.optimisation.traced import TracedValueAndGrad, finite_probe
 
 
 def optimize(
@@ -47,11 +47,11 @@ def optimize(
     runs' steps (see ``compiled``)."""
     groups: list[RunGroup] = []
     traced: TracedValueAndGrad | Literal[False] | None = None  # False: tracing failed once
-    for index, (spec, settings) in enumerate(optimizers):
+    for index, (spec, hyper) in enumerate(optimizers):
         if spec.elementwise and traced is not False:
             traced = traced or trace_objective(objective, starts)
             if traced:
-                stepper = TracedStepper(traced, starts, spec, settings, compiler, schedule.steps)
+                stepper = TracedStepper(traced, starts, spec, hyper, compiler, schedule.steps)
                 groups.append(_run_group(stepper, starts, index, schedule))
                 continue
         if objective.batched and spec.elementwise:
@@ -59,7 +59,7 @@ def optimize(
         else:
             rows = [starts[start : start + 1] for start in range(len(starts))]
         parts = [
-            _run_group(AutogradStepper(objective, part, spec, settings, schedule), part, index, schedule, first)
+            _run_group(AutogradStepper(objective, part, spec, hyper, schedule), part, index, schedule, first)
             for first, part in zip(range(0, len(starts), len(rows[0])), rows, strict=True)
         ]
         groups.append(RunGroup.joined(parts))

@@ -12,10 +12,10 @@ from typing import Any, Literal, Protocol
 
 import torch
 
-from service.compute.compiled import CHUNK, ChunkCompiler, CompiledChunk
+from service.compute.optimisation.compiled import CHUNK, ChunkCompiler, CompiledChunk
+from service.compute.optimisation.optimizers import FusedAdam, OptimizerSpec
 from service.compute.optimisation.runs import Objective, Schedule
-from service.compute.optimizers import FusedAdam, OptimizerSpec
-from service.compute.traced import TracedValueAndGrad, finite_probe, trace_value_and_grad
+from service.compute.optimisation.traced import TracedValueAndGrad, finite_probe, trace_value_and_grad
 from service.errors import InvalidInput, LimitExceeded
 
 logger = logging.getLogger(__name__)
@@ -67,13 +67,13 @@ class TracedStepper:
         traced: TracedValueAndGrad,
         starts: torch.Tensor,
         spec: OptimizerSpec,
-        settings: Mapping[str, Any],
+        hyper: Mapping[str, Any],
         compiler: ChunkCompiler | None = None,
         planned_steps: int = 0,
     ) -> None:
         self.traced = traced
         self.rows = starts.detach().clone()
-        self.update = spec.update(self.rows, settings)
+        self.update = spec.update(self.rows, hyper)
         self.compiler, self.planned_steps = compiler, planned_steps
         self.chunk: CompiledChunk | None = None
         self.grads = torch.zeros_like(self.rows)
@@ -185,7 +185,7 @@ class AutogradStepper:
         objective: Objective,
         starts: torch.Tensor,
         spec: OptimizerSpec,
-        settings: Mapping[str, Any],
+        hyper: Mapping[str, Any],
         schedule: Schedule,
     ) -> None:
         self.batched = objective.batched and spec.elementwise
@@ -193,7 +193,7 @@ class AutogradStepper:
         self.rows = self.x if self.batched else self.x.unsqueeze(0)
         self.objective, self.spec, self.schedule = objective, spec, schedule
         self.abandons_steps = not spec.elementwise
-        self.optimizer = spec.build(self.x, settings)
+        self.optimizer = spec.build(self.x, hyper)
 
     def _values(self) -> torch.Tensor:
         values = self.objective.fn(self.x)

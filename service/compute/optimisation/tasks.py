@@ -11,11 +11,11 @@ from typing import Any
 
 import torch
 
-from service.compute.expressions import Limits, compile_program
-from service.compute.objectives import OBJECTIVES
-from service.compute.objectives import Objective as ObjectiveSpec
+from service.compute.expressions.language import Limits, compile_program
 from service.compute.optimisation import STOP_REASONS, Objective, Outcome, Schedule, engine
-from service.compute.optimizers import OptimizerSpec
+from service.compute.optimisation.objectives import OBJECTIVES
+from service.compute.optimisation.objectives import Objective as ObjectiveSpec
+from service.compute.optimisation.optimizers import OptimizerSpec
 from service.compute.runtime import torch_errors
 from service.errors import InvalidInput, check_limit
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import functools
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import torch
@@ -16,11 +17,49 @@ from service.compute.autodiff import (
     jacobian,
     value_and_vjp,
 )
-from service.compute.registry import FLOAT32_MAX, OpSpec, Param, Registry, Rule, Sample
+from service.compute.ops.registry import FLOAT32_MAX, Param, ParamValue, Registry, Rule, defaults
 from service.compute.runtime import torch_errors
 from service.errors import InvalidInput
 
-ACTIVATIONS: Registry[OpSpec] = Registry("activation")
+
+@dataclass(frozen=True)
+class ActivationSample:
+    """Inputs the generated tests feed an activation: a tensor shape (or exact values) and params."""
+
+    shape: tuple[int, ...] = (2, 3)
+    params: Mapping[str, ParamValue] = field(default_factory=dict)
+    values: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class ActivationSpec:
+    """A registered activation: ``fn(input, **params)`` in torch, documented and testable."""
+
+    # eq=False: an entry is hashed by identity, so per-op caches can key on it.
+
+    name: str
+    fn: Callable[..., torch.Tensor]
+    formula: str
+    params: tuple[Param, ...] = ()
+    elementwise: bool = True
+    piecewise_linear: bool = False
+    """f'' is zero wherever it exists (used where torch has no double backward, e.g. hardsigmoid)."""
+    samples: tuple[ActivationSample, ...] = (ActivationSample(),)
+    rules: tuple[Rule, ...] = ()
+    check: Callable[[torch.Tensor, Mapping[str, Any]], None] | None = None
+    """Extra validation of the input against the params (raises InvalidInput)."""
+    backward: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Mapping[str, Any]], torch.Tensor] | None = None
+    """``backward(grad_output, input, output, params)``: the VJP by the very kernel autograd
+    would call, without building a graph (a tenth of the cost on small tensors)."""
+
+    def defaults(self) -> dict[str, ParamValue | None]:
+        return defaults(self.params)
+
+    def __call__(self, tensor: torch.Tensor, **params: Any) -> torch.Tensor:
+        return self.fn(tensor, **params)
+
+
+ACTIVATIONS: Registry[ActivationSpec] = Registry("activation")
 
 aten = torch.ops.aten
 # torch's SELU constants, as torch.selu passes them to elu_backward.
@@ -59,9 +98,9 @@ CELU_ALPHA = Rule(
 
 
 def _activation(name: str, fn: Any, formula: str, *params: Param, elementwise: bool = True, **extra: Any) -> None:
-    samples = extra.pop("samples", None) or (Sample(shape=(2, 3)), Sample(shape=()))
+    samples = extra.pop("samples", None) or (ActivationSample(shape=(2, 3)), ActivationSample(shape=()))
     ACTIVATIONS.register(
-        OpSpec(
+        ActivationSpec(
             name=name,
             fn=fn,
             formula=formula,
@@ -94,7 +133,7 @@ _activation(
     Param("negative_slope", 0.01, "Slope for negative inputs."),
     piecewise_linear=True,
     backward=lambda g, x, y, p: aten.leaky_relu_backward(g, x, p["negative_slope"], False),
-    samples=(Sample(), Sample(params={"negative_slope": 0.2})),
+    samples=(ActivationSample(), ActivationSample(params={"negative_slope": 0.2})),
 )
 _activation(
     "selu",
@@ -108,7 +147,11 @@ _activation(
     "log(1 + exp(beta * x)) / beta, or x where beta * x > threshold",
     Param("beta", 1.0, "Sharpness of the curve; a negative one mirrors it, 0 gives inf (as in torch)."),
     Param("threshold", 20.0, "Above beta * x > threshold the function is linear."),
-    samples=(Sample(), Sample(params={"beta": 2.0, "threshold": 1.0}), Sample(params={"beta": -1.5})),
+    samples=(
+        ActivationSample(),
+        ActivationSample(params={"beta": 2.0, "threshold": 1.0}),
+        ActivationSample(params={"beta": -1.5}),
+    ),
     backward=lambda g, x, y, p: aten.softplus_backward(g, x, p["beta"], p["threshold"]),
 )
 _activation(
@@ -116,7 +159,7 @@ _activation(
     F.elu,
     "x if x > 0 else alpha * (exp(x) - 1)",
     Param("alpha", 1.0, "Value the negative side saturates to, negated."),
-    samples=(Sample(), Sample(params={"alpha": 0.5})),
+    samples=(ActivationSample(), ActivationSample(params={"alpha": 0.5})),
     backward=lambda g, x, y, p: aten.elu_backward(g, p["alpha"], 1.0, 1.0, False, x),
 )
 _activation(
@@ -126,7 +169,7 @@ _activation(
     Param(
         "alpha", 1.0, "Scale of the negative side; not 0, and 1 / alpha within float32's range (torch divides by it)."
     ),
-    samples=(Sample(), Sample(params={"alpha": 2.0}), Sample(params={"alpha": -1.5})),
+    samples=(ActivationSample(), ActivationSample(params={"alpha": 2.0}), ActivationSample(params={"alpha": -1.5})),
     rules=(CELU_ALPHA,),
     backward=lambda g, x, y, p: aten.elu_backward(g, p["alpha"], 1.0, 1.0 / p["alpha"], False, x),
 )
@@ -135,7 +178,7 @@ _activation(
     F.gelu,
     "x * Phi(x) (Phi the standard normal CDF); tanh approximation on request",
     Param("approximate", "none", "Exact erf form or the tanh approximation.", choices=("none", "tanh")),
-    samples=(Sample(), Sample(params={"approximate": "tanh"})),
+    samples=(ActivationSample(), ActivationSample(params={"approximate": "tanh"})),
     backward=lambda g, x, y, p: aten.gelu_backward(g, x, approximate=p["approximate"]),
 )
 _activation("silu", F.silu, "x * sigmoid(x)", backward=lambda g, x, y, p: aten.silu_backward(g, x))
@@ -147,7 +190,7 @@ _activation(
     Param("min_val", -1.0, "Lower bound; at most max_val."),
     Param("max_val", 1.0, "Upper bound."),
     piecewise_linear=True,
-    samples=(Sample(), Sample(params={"min_val": -0.5, "max_val": 2.0})),
+    samples=(ActivationSample(), ActivationSample(params={"min_val": -0.5, "max_val": 2.0})),
     rules=(HARDTANH_ORDER,),
     check=lambda x, p: HARDTANH_ORDER.enforce(p),
     backward=lambda g, x, y, p: aten.hardtanh_backward(g, x, p["min_val"], p["max_val"]),
@@ -185,7 +228,7 @@ _activation(
     "x if |x| > lambd else 0",
     Param("lambd", 0.5, "Half-width of the zero band; a negative one makes none (as in torch)."),
     piecewise_linear=True,
-    samples=(Sample(), Sample(shape=()), Sample(params={"lambd": -0.5})),
+    samples=(ActivationSample(), ActivationSample(shape=()), ActivationSample(params={"lambd": -0.5})),
     backward=lambda g, x, y, p: aten.hardshrink_backward(g, x, p["lambd"]),
 )
 _activation(
@@ -218,7 +261,11 @@ for _name, _fn, _formula, _backward in (
         _formula,
         DIM,
         elementwise=False,
-        samples=(Sample(shape=(3,)), Sample(shape=(2, 4), params={"dim": 0}), Sample(shape=())),
+        samples=(
+            ActivationSample(shape=(3,)),
+            ActivationSample(shape=(2, 4), params={"dim": 0}),
+            ActivationSample(shape=()),
+        ),
         check=check_dim,
         backward=_backward,
     )
@@ -232,7 +279,7 @@ class ActivationResult(NamedTuple):
 
 
 def evaluate_activation(
-    spec: OpSpec,
+    spec: ActivationSpec,
     x: torch.Tensor,
     params: Mapping[str, Any],
     *,
@@ -289,7 +336,9 @@ def _cached_ones(shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
     return torch.ones(shape, dtype=dtype, device="cpu")
 
 
-def _checked_grad_output(grad_output: torch.Tensor | None, x: torch.Tensor, spec: OpSpec) -> torch.Tensor | None:
+def _checked_grad_output(
+    grad_output: torch.Tensor | None, x: torch.Tensor, spec: ActivationSpec
+) -> torch.Tensor | None:
     # Every activation keeps its input's shape, so grad_output must have that shape too.
     if grad_output is not None and grad_output.shape != x.shape:
         raise InvalidInput(

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from service.compute.functions import FUNCTIONS, REQUIRED, Arg, Function
+from service.compute.ops.functions import FUNCTIONS, REQUIRED, Arg, Function
 from service.errors import InvalidInput, LimitExceeded
 
 Env = dict[str, torch.Tensor]

@@ -33,8 +33,8 @@ from typing import Any
 import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from service.compute.optimizers import FusedAdam
-from service.compute.traced import TRACING, TracedValueAndGrad, finite_probe
+from service.compute.optimisation.optimizers import FusedAdam
+from service.compute.optimisation.traced import TRACING, TracedValueAndGrad, finite_probe
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class CompiledChunk:
         """``calls`` x ``CHUNK`` steps of ``rows`` and ``update``'s state, in place. Returns the
         sum of ``finite_probe`` over the steps (NaN once a value or gradient is not finite), and
         whether a gradient norm reached ``tolerance``."""
-        state = [update.exp_avg, update.exp_avg_sq, *update.max_exp_avg_sq, update.step]
+        state = update.state()
         inputs, hyper = [rows, *state], _hyper(update, rows)
         health = torch.zeros((), dtype=rows.dtype, device=rows.device)
         lowest = torch.full((), torch.inf, dtype=rows.dtype, device=rows.device)
@@ -158,7 +158,7 @@ def compile_chunk(traced: TracedValueAndGrad, rows: torch.Tensor, update: FusedA
     torch._inductor.config.compile_threads = 1  # in this thread: no pool of compiler processes
 
     key = _key(traced, rows, update)
-    state = [update.exp_avg, update.exp_avg_sq, *update.max_exp_avg_sq, update.step]
+    state = update.state()
     inputs = [rows.detach(), *[tensor.clone() for tensor in state], *_hyper(update, rows)]
     function = _unrolled(traced, key.decoupled, key.amsgrad)
     with TRACING, torch.no_grad():

@@ -9,7 +9,7 @@ from typing import Literal
 import torch
 
 from service.compute.autodiff import hessians, jacobians, value_and_vjp_many
-from service.compute.expressions import Program
+from service.compute.expressions.language import Program
 from service.compute.runtime import torch_errors
 from service.errors import InvalidInput, check_limit
 

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from service.compute.registry import Param, ParamValue, Registry, Rule, defaults
+from service.compute.ops.registry import Param, ParamValue, Registry, Rule, defaults
 from service.compute.runtime import torch_errors
 from service.errors import InvalidInput
 

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 import torch
 
-from service.compute.registry import Param, Registry, Rule, defaults
+from service.compute.ops.registry import Param, Registry, Rule, defaults
 
 
 @dataclass(frozen=True, eq=False)
@@ -29,20 +29,20 @@ class OptimizerSpec:
     def defaults(self) -> dict[str, Any]:
         return defaults(self.params)
 
-    def build(self, parameter: torch.Tensor, settings: Mapping[str, Any]) -> torch.optim.Optimizer:
+    def build(self, parameter: torch.Tensor, hyper: Mapping[str, Any]) -> torch.optim.Optimizer:
         kwargs: dict[str, Any] = {
-            key: tuple(value) if isinstance(value, list) else value for key, value in settings.items()
+            key: tuple(value) if isinstance(value, list) else value for key, value in hyper.items()
         }
         if kwargs.get("line_search_fn") == "none":
             kwargs["line_search_fn"] = None
         build: Callable[..., torch.optim.Optimizer] = self.cls
         return build([parameter], **kwargs)
 
-    def update(self, parameter: torch.Tensor, settings: Mapping[str, Any]) -> Update:
+    def update(self, parameter: torch.Tensor, hyper: Mapping[str, Any]) -> Update:
         """Steps that take the gradient as an argument: the fused kernel where there is one."""
         if self.fused is not None:
-            return self.fused(parameter, settings)
-        return OptimizerUpdate(self.build(parameter, settings), parameter)
+            return self.fused(parameter, hyper)
+        return OptimizerUpdate(self.build(parameter, hyper), parameter)
 
 
 class Update(Protocol):
@@ -92,20 +92,20 @@ class FusedAdam:
 
     capturable = True
 
-    def __init__(self, kernel: Callable[..., None], parameter: torch.Tensor, settings: Mapping[str, Any]) -> None:
+    def __init__(self, kernel: Callable[..., None], parameter: torch.Tensor, hyper: Mapping[str, Any]) -> None:
         self.kernel, self.parameter = kernel, parameter
         self.exp_avg, self.exp_avg_sq = torch.zeros_like(parameter), torch.zeros_like(parameter)
-        self.max_exp_avg_sq = [torch.zeros_like(parameter)] if settings["amsgrad"] else []
+        self.max_exp_avg_sq = [torch.zeros_like(parameter)] if hyper["amsgrad"] else []
         self.step = torch.zeros((), dtype=torch.float32, device=parameter.device)
         self.one = torch.ones((), dtype=torch.float32, device=parameter.device)
-        beta1, beta2 = settings["betas"]
+        beta1, beta2 = hyper["betas"]
         self.options = {
-            "lr": float(settings["lr"]),
+            "lr": float(hyper["lr"]),
             "beta1": float(beta1),
             "beta2": float(beta2),
-            "weight_decay": float(settings["weight_decay"]),
-            "eps": float(settings["eps"]),
-            "amsgrad": bool(settings["amsgrad"]),
+            "weight_decay": float(hyper["weight_decay"]),
+            "eps": float(hyper["eps"]),
+            "amsgrad": bool(hyper["amsgrad"]),
             "maximize": False,
         }
 
@@ -121,14 +121,15 @@ class FusedAdam:
             **self.options,
         )
 
-    def _state(self) -> list[torch.Tensor]:
+    def state(self) -> list[torch.Tensor]:
+        """The state tensors, in the order the compiled kernel takes and returns them."""
         return [self.exp_avg, self.exp_avg_sq, *self.max_exp_avg_sq, self.step]
 
     def save(self) -> list[torch.Tensor]:
-        return [tensor.clone() for tensor in self._state()]
+        return [tensor.clone() for tensor in self.state()]
 
     def load(self, saved: list[torch.Tensor]) -> None:
-        for tensor, value in zip(self._state(), saved, strict=True):
+        for tensor, value in zip(self.state(), saved, strict=True):
             tensor.copy_(value)
 
 

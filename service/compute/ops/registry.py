@@ -1,13 +1,14 @@
-"""One registry for every differentiable op: a name, a torch function, its parameters, its tests.
+"""The registries of named specs (activations, losses, optimizers, objectives) and what their
+entries share: parameters (``Param``) with their bounds, cross-parameter ``Rule``s, and defaults.
 
-An entry is data (an OpSpec); the catalog endpoints, the request validation, the OpenAPI, the
-expression language and the generated tests all read it, so a new op is one entry.
+An entry is data; the catalog endpoints, the request validation, the OpenAPI, the expression
+language and the generated tests all read it, so a new op, optimizer or objective is one entry.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 import torch
@@ -68,43 +69,6 @@ class Rule:
         """The same condition where an op is called without request validation (the expression language)."""
         if not self.holds(params):
             raise InvalidInput(self.message + ".", error_type="invalid_param", param=self.param)
-
-
-@dataclass(frozen=True)
-class Sample:
-    """Inputs the generated tests feed an op: a tensor shape (or exact values) and params."""
-
-    shape: tuple[int, ...] = (2, 3)
-    params: Mapping[str, ParamValue] = field(default_factory=dict)
-    values: tuple[float, ...] | None = None
-
-
-@dataclass(frozen=True, eq=False)
-class OpSpec:
-    """A registered op: ``fn(input, **params)`` in torch, documented and testable."""
-
-    # eq=False: an entry is hashed by identity, so per-op caches can key on it.
-
-    name: str
-    fn: Callable[..., torch.Tensor]
-    formula: str
-    params: tuple[Param, ...] = ()
-    elementwise: bool = True
-    piecewise_linear: bool = False
-    """f'' is zero wherever it exists (used where torch has no double backward, e.g. hardsigmoid)."""
-    samples: tuple[Sample, ...] = (Sample(),)
-    rules: tuple[Rule, ...] = ()
-    check: Callable[[torch.Tensor, Mapping[str, Any]], None] | None = None
-    """Extra validation of the input against the params (raises InvalidInput)."""
-    backward: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Mapping[str, Any]], torch.Tensor] | None = None
-    """``backward(grad_output, input, output, params)``: the VJP by the very kernel autograd
-    would call, without building a graph (a tenth of the cost on small tensors)."""
-
-    def defaults(self) -> dict[str, ParamValue | None]:
-        return defaults(self.params)
-
-    def __call__(self, tensor: torch.Tensor, **params: Any) -> torch.Tensor:
-        return self.fn(tensor, **params)
 
 
 def defaults(params: tuple[Param, ...]) -> dict[str, ParamValue | None]:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from service.compute.registry import Param, Registry
+from service.compute.ops.registry import Param, Registry
 
 
 @dataclass(frozen=True, eq=False)

@@ -13,9 +13,9 @@ from typing import Any, Literal
 
 import torch
 
-from service.compute.activations import ACTIVATIONS
-from service.compute.losses import LOSSES, LossSpec, loss_value
-from service.compute.registry import OpSpec, Param, ParamValue
+from service.compute.ops.activations import ACTIVATIONS, ActivationSpec
+from service.compute.ops.losses import LOSSES, LossSpec, loss_value
+from service.compute.ops.registry import Param, ParamValue
 
 ArgKind = Literal["tensor", "optional_tensor", "int", "optional_int", "float", "optional_float", "bool", "str"]
 REQUIRED: Any = object()
@@ -153,7 +153,7 @@ def _param_arg(param: Param) -> Arg:
     return Arg(param.name, kind, param.default, param.choices)
 
 
-def _activation_function(spec: OpSpec) -> Function:
+def _activation_function(spec: ActivationSpec) -> Function:
     names = [param.name for param in spec.params]
 
     def call(x: torch.Tensor, *options: ParamValue) -> torch.Tensor:
