@@ -15,9 +15,8 @@ from typing import Any
 import pytest
 import torch
 
-from service.compute.optimisation import Objective as Target
-from service.compute.optimisation import Schedule, optimize
-from service.compute.optimisation.objectives import OBJECTIVES, Objective
+from service.compute.optimisation import Objective, Schedule, optimize
+from service.compute.optimisation.objectives import OBJECTIVES, ObjectiveSpec
 from service.compute.optimisation.optimizers import OPTIMIZERS, OptimizerSpec
 from tests.compute.test_optimizer_oracles import FUSED, TORCH_CLASSES, service_settings, torch_kwargs
 
@@ -63,7 +62,7 @@ def test_batched_runs_equal_independent_loops(name: str) -> None:
     steps = 60 if name != "lbfgs" else 5
     spec = OPTIMIZERS.get(name)
     outcome = optimize(
-        Target(himmelblau.fn, batched=True), STARTS, [(spec, service_settings(name, request))], Schedule(steps, 10)
+        Objective(himmelblau.fn, batched=True), STARTS, [(spec, service_settings(name, request))], Schedule(steps, 10)
     )
     runs = outcome.runs()
     assert [run.start for run in runs] == list(range(len(STARTS)))
@@ -96,7 +95,7 @@ def test_seed_case_reaches_himmelblau_minima() -> None:
     adam = OPTIMIZERS.get("adam")
     starts = torch.tensor([[1.0, 0.0], [-4.0, 0.0], [4.0, 0.0]], dtype=F64)
     runs = optimize(
-        Target(himmelblau.fn, True), starts, [(adam, {**adam.defaults(), "lr": 1e-3})], Schedule(20_000, 2_000)
+        Objective(himmelblau.fn, True), starts, [(adam, {**adam.defaults(), "lr": 1e-3})], Schedule(20_000, 2_000)
     ).runs()
     reached = []
     for run in runs:
@@ -116,7 +115,7 @@ def test_a_run_stopped_early_leaves_the_others_unchanged() -> None:
     request = {"lr": 0.1, "momentum": 0.9}
     starts = torch.tensor([[0.0, 0.0], [1.0, -2.0], [3.0, 1.0]], dtype=F64)
     schedule = Schedule(400, 5, tolerance=1e-3)
-    runs = optimize(Target(sphere.fn, True), starts, [(sgd, service_settings("sgd", request))], schedule).runs()
+    runs = optimize(Objective(sphere.fn, True), starts, [(sgd, service_settings("sgd", request))], schedule).runs()
     assert runs[0].stopped == "tolerance"
     assert runs[0].steps == 0
     assert torch.equal(runs[0].x, starts[0])
@@ -130,13 +129,13 @@ def test_divergence_and_deadline() -> None:
     himmelblau = OBJECTIVES.get("himmelblau")
     sgd = OPTIMIZERS.get("sgd")
     runs = optimize(
-        Target(himmelblau.fn, True), STARTS[:1], [(sgd, {**sgd.defaults(), "lr": 1.0})], Schedule(100, 10)
+        Objective(himmelblau.fn, True), STARTS[:1], [(sgd, {**sgd.defaults(), "lr": 1.0})], Schedule(100, 10)
     ).runs()
     assert runs[0].stopped == "diverged"
     assert not math.isfinite(runs[0].value)
     late = Schedule(1_000, 100, deadline=time.monotonic() - 1)
     runs = optimize(
-        Target(himmelblau.fn, True), STARTS, [(OPTIMIZERS.get("adam"), OPTIMIZERS.get("adam").defaults())], late
+        Objective(himmelblau.fn, True), STARTS, [(OPTIMIZERS.get("adam"), OPTIMIZERS.get("adam").defaults())], late
     ).runs()
     assert {run.stopped for run in runs} == {"deadline"}
     assert {run.steps for run in runs} == {0}
@@ -145,12 +144,12 @@ def test_divergence_and_deadline() -> None:
 def test_several_optimizers_order_runs_by_start_then_optimizer() -> None:
     sphere = OBJECTIVES.get("sphere")
     choices = [(OPTIMIZERS.get(name), OPTIMIZERS.get(name).defaults()) for name in ("adam", "lbfgs", "sgd")]
-    runs = optimize(Target(sphere.fn, True), STARTS[:2], choices, Schedule(3, 1)).runs()
+    runs = optimize(Objective(sphere.fn, True), STARTS[:2], choices, Schedule(3, 1)).runs()
     assert [(run.start, run.optimizer) for run in runs] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
 
 
 @pytest.mark.parametrize("objective", list(OBJECTIVES), ids=lambda objective: objective.name)
-def test_known_minima_are_minima(objective: Objective) -> None:
+def test_known_minima_are_minima(objective: ObjectiveSpec) -> None:
     for d in [objective.dimension] if objective.dimension else [2, 5]:
         for x, value in objective.minima(d):
             point = torch.tensor(x, dtype=F64, requires_grad=True)
@@ -166,7 +165,7 @@ def test_known_minima_are_minima(objective: Objective) -> None:
 
 
 @pytest.mark.parametrize("objective", list(OBJECTIVES), ids=lambda objective: objective.name)
-def test_objectives_are_batched(objective: Objective) -> None:
+def test_objectives_are_batched(objective: ObjectiveSpec) -> None:
     d = objective.dimension or 3
     points = torch.randn(4, 5, d, generator=torch.Generator().manual_seed(1), dtype=F64)
     batched = objective.fn(points)

@@ -13,9 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from service.compute.expressions.language import Limits, compile_program
-from service.compute.optimisation import Objective as Target
-from service.compute.optimisation import Schedule, optimize
-from service.compute.optimisation.objectives import OBJECTIVES, Objective
+from service.compute.optimisation import Objective, Schedule, optimize
+from service.compute.optimisation.objectives import OBJECTIVES, ObjectiveSpec
 from service.compute.optimisation.optimizers import OPTIMIZERS
 from service.compute.optimisation.traced import trace_value_and_grad
 from tests.compute.test_optimize import STARTS, independent_loop
@@ -24,7 +23,7 @@ from tests.compute.test_optimizer_oracles import FUSED, service_settings
 F64 = torch.float64
 
 
-def points(objective: Objective, dtype: torch.dtype, count: int = 6) -> torch.Tensor:
+def points(objective: ObjectiveSpec, dtype: torch.dtype, count: int = 6) -> torch.Tensor:
     d = objective.dimension or 3
     lows = torch.tensor([lo for lo, _ in objective.box(d)], dtype=dtype)
     highs = torch.tensor([hi for _, hi in objective.box(d)], dtype=dtype)
@@ -41,7 +40,7 @@ def autograd_value_and_grad(fn: Any, x: torch.Tensor) -> tuple[torch.Tensor, tor
 
 @pytest.mark.parametrize("dtype", [torch.float32, F64], ids=str)
 @pytest.mark.parametrize("objective", list(OBJECTIVES), ids=lambda objective: objective.name)
-def test_traced_catalog_objectives_equal_autograd_bitwise(objective: Objective, dtype: torch.dtype) -> None:
+def test_traced_catalog_objectives_equal_autograd_bitwise(objective: ObjectiveSpec, dtype: torch.dtype) -> None:
     x = points(objective, dtype)
     values, grad = trace_value_and_grad(objective.fn, x, batched=True)(x)
     expected_values, expected_grad = autograd_value_and_grad(objective.fn, x)
@@ -50,7 +49,7 @@ def test_traced_catalog_objectives_equal_autograd_bitwise(objective: Objective, 
 
 
 @pytest.mark.parametrize("objective", list(OBJECTIVES), ids=lambda objective: objective.name)
-def test_traced_objectives_written_for_one_point_are_vectorised(objective: Objective) -> None:
+def test_traced_objectives_written_for_one_point_are_vectorised(objective: ObjectiveSpec) -> None:
     """vmap over a function of one point gives every row's value and gradient."""
     x = points(objective, F64)
     values, grad = trace_value_and_grad(objective.fn, x, batched=False)(x)
@@ -170,7 +169,7 @@ def test_objective_formulas_cover_the_catalog() -> None:
 
 
 @pytest.mark.parametrize("objective", list(OBJECTIVES), ids=lambda objective: objective.name)
-def test_traced_objectives_equal_their_textbook_formulas(objective: Objective) -> None:
+def test_traced_objectives_equal_their_textbook_formulas(objective: ObjectiveSpec) -> None:
     x = points(objective, F64)
     values, grad = trace_value_and_grad(objective.fn, x, batched=True)(x)
     expected_values, expected_grad = autograd_value_and_grad(OBJECTIVE_FORMULAS[objective.name], x)
@@ -189,19 +188,19 @@ def test_a_python_branch_on_values_cannot_be_traced_and_runs_fall_back_to_autogr
     request = {"lr": 0.01}
     sgd = OPTIMIZERS.get("sgd")
     settings = service_settings("sgd", request)
-    runs = optimize(Target(branching, batched=False), STARTS, [(sgd, settings)], Schedule(30, 10)).runs()
+    runs = optimize(Objective(branching, batched=False), STARTS, [(sgd, settings)], Schedule(30, 10)).runs()
     for run, start in zip(runs, STARTS, strict=True):
         expected = independent_loop("sgd", request, branching, start, 30)
         torch.testing.assert_close(run.x, expected, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("objective", list(OBJECTIVES), ids=lambda objective: objective.name)
-def test_traced_runs_on_every_objective_equal_independent_loops(objective: Objective) -> None:
+def test_traced_runs_on_every_objective_equal_independent_loops(objective: ObjectiveSpec) -> None:
     request = {"lr": 0.01}
     adam = OPTIMIZERS.get("adam")
     settings = service_settings("adam", request)
     starts = points(objective, F64, count=3)
-    runs = optimize(Target(objective.fn, True), starts, [(adam, settings)], Schedule(150, 100)).runs()
+    runs = optimize(Objective(objective.fn, True), starts, [(adam, settings)], Schedule(150, 100)).runs()
     for run, start in zip(runs, starts, strict=True):
         expected = independent_loop("adam", request, objective.fn, start, 150, fused="adam" in FUSED)
         torch.testing.assert_close(run.x, expected, rtol=0, atol=1e-7)
@@ -217,8 +216,8 @@ def test_a_run_that_diverges_inside_a_batched_stretch_stops_at_its_step() -> Non
     sgd = OPTIMIZERS.get("sgd")
     settings = {**sgd.defaults(), "lr": 1e-3, "momentum": 0.9}
     starts = torch.tensor([[2.5, 1.0], [0.1, 1.0]], dtype=F64)
-    batched = optimize(Target(blows_up, True), starts, [(sgd, settings)], Schedule(500, 1_000)).runs()
-    one_by_one = optimize(Target(blows_up, True), starts, [(sgd, settings)], Schedule(500, 1)).runs()
+    batched = optimize(Objective(blows_up, True), starts, [(sgd, settings)], Schedule(500, 1_000)).runs()
+    one_by_one = optimize(Objective(blows_up, True), starts, [(sgd, settings)], Schedule(500, 1)).runs()
     assert batched[0].stopped == one_by_one[0].stopped == "diverged"
     assert batched[0].steps == one_by_one[0].steps
     assert not math.isfinite(batched[0].value)

@@ -26,8 +26,7 @@ from service.api.schemas import (
 )
 from service.api.streaming import EventStream, wants_events
 from service.compute.optimisation import Run, RunGroup, Schedule, tasks
-from service.compute.optimisation.objectives import OBJECTIVES
-from service.compute.optimisation.objectives import Objective as ObjectiveSpec
+from service.compute.optimisation.objectives import OBJECTIVES, ObjectiveSpec
 from service.compute.optimisation.optimizers import OPTIMIZERS, OptimizerSpec
 from service.compute.wire import scalar_to_wire
 from service.config import Settings

@@ -13,7 +13,7 @@ from service.compute.ops.registry import Param, Registry
 
 
 @dataclass(frozen=True, eq=False)
-class Objective:
+class ObjectiveSpec:
     name: str
     fn: Callable[[torch.Tensor], torch.Tensor]
     formula: str
@@ -29,7 +29,7 @@ class Objective:
         return list(self.domain) if len(self.domain) == d else [self.domain[0]] * d
 
 
-OBJECTIVES: Registry[Objective] = Registry("objective")
+OBJECTIVES: Registry[ObjectiveSpec] = Registry("objective")
 
 
 def _fixed(*points: tuple[list[float], float]) -> Callable[[int], list[tuple[list[float], float]]]:
@@ -101,7 +101,7 @@ STYBLINSKI_TANG_ARGMIN = -2.903534018185960
 STYBLINSKI_TANG_MIN = -39.16616570377142  # per dimension
 
 for _objective in (
-    Objective(
+    ObjectiveSpec(
         "himmelblau",
         _himmelblau,
         "(x0^2 + x1 - 11)^2 + (x0 + x1^2 - 7)^2",
@@ -114,7 +114,7 @@ for _objective in (
             ([3.584428340330492, -1.848126526964404], 0.0),
         ),
     ),
-    Objective(
+    ObjectiveSpec(
         "rosenbrock",
         _rosenbrock,
         "sum_i 100 (x_{i+1} - x_i^2)^2 + (1 - x_i)^2",
@@ -122,7 +122,7 @@ for _objective in (
         ((-2.0, 2.0),),
         lambda d: [([1.0] * d, 0.0)],
     ),
-    Objective(
+    ObjectiveSpec(
         "rastrigin",
         _rastrigin,
         "10 d + sum_i x_i^2 - 10 cos(2 pi x_i)",
@@ -130,7 +130,7 @@ for _objective in (
         ((-5.12, 5.12),),
         lambda d: [([0.0] * d, 0.0)],
     ),
-    Objective(
+    ObjectiveSpec(
         "ackley",
         _ackley,
         "-20 exp(-0.2 sqrt(mean x^2)) - exp(mean cos(2 pi x)) + 20 + e",
@@ -138,7 +138,7 @@ for _objective in (
         ((-5.0, 5.0),),
         lambda d: [([0.0] * d, 0.0)],
     ),
-    Objective(
+    ObjectiveSpec(
         "beale",
         _beale,
         "(1.5 - x0 + x0 x1)^2 + (2.25 - x0 + x0 x1^2)^2 + (2.625 - x0 + x0 x1^3)^2",
@@ -146,10 +146,12 @@ for _objective in (
         ((-4.5, 4.5),),
         _fixed(([3.0, 0.5], 0.0)),
     ),
-    Objective("booth", _booth, "(x0 + 2 x1 - 7)^2 + (2 x0 + x1 - 5)^2", 2, ((-10.0, 10.0),), _fixed(([1.0, 3.0], 0.0))),
-    Objective("sphere", _sphere, "sum_i x_i^2", None, ((-5.0, 5.0),), lambda d: [([0.0] * d, 0.0)]),
-    Objective("matyas", _matyas, "0.26 (x0^2 + x1^2) - 0.48 x0 x1", 2, ((-10.0, 10.0),), _fixed(([0.0, 0.0], 0.0))),
-    Objective(
+    ObjectiveSpec(
+        "booth", _booth, "(x0 + 2 x1 - 7)^2 + (2 x0 + x1 - 5)^2", 2, ((-10.0, 10.0),), _fixed(([1.0, 3.0], 0.0))
+    ),
+    ObjectiveSpec("sphere", _sphere, "sum_i x_i^2", None, ((-5.0, 5.0),), lambda d: [([0.0] * d, 0.0)]),
+    ObjectiveSpec("matyas", _matyas, "0.26 (x0^2 + x1^2) - 0.48 x0 x1", 2, ((-10.0, 10.0),), _fixed(([0.0, 0.0], 0.0))),
+    ObjectiveSpec(
         "three_hump_camel",
         _three_hump_camel,
         "2 x0^2 - 1.05 x0^4 + x0^6 / 6 + x0 x1 + x1^2",
@@ -157,7 +159,7 @@ for _objective in (
         ((-5.0, 5.0),),
         _fixed(([0.0, 0.0], 0.0)),
     ),
-    Objective(
+    ObjectiveSpec(
         "goldstein_price",
         _goldstein_price,
         "[1 + (x0 + x1 + 1)^2 (19 - 14 x0 + 3 x0^2 - 14 x1 + 6 x0 x1 + 3 x1^2)]"
@@ -166,7 +168,7 @@ for _objective in (
         ((-2.0, 2.0),),
         _fixed(([0.0, -1.0], 3.0)),
     ),
-    Objective(
+    ObjectiveSpec(
         "styblinski_tang",
         _styblinski_tang,
         "sum_i (x_i^4 - 16 x_i^2 + 5 x_i) / 2",
@@ -174,7 +176,7 @@ for _objective in (
         ((-5.0, 5.0),),
         lambda d: [([STYBLINSKI_TANG_ARGMIN] * d, STYBLINSKI_TANG_MIN * d)],
     ),
-    Objective(
+    ObjectiveSpec(
         "mccormick",
         _mccormick,
         "sin(x0 + x1) + (x0 - x1)^2 - 1.5 x0 + 2.5 x1 + 1",

@@ -13,8 +13,7 @@ import torch
 
 from service.compute.expressions.language import Limits, compile_program
 from service.compute.optimisation import STOP_REASONS, Objective, Outcome, Schedule, engine
-from service.compute.optimisation.objectives import OBJECTIVES
-from service.compute.optimisation.objectives import Objective as ObjectiveSpec
+from service.compute.optimisation.objectives import OBJECTIVES, ObjectiveSpec
 from service.compute.optimisation.optimizers import OptimizerSpec
 from service.compute.runtime import torch_errors
 from service.errors import InvalidInput, check_limit
