@@ -14,14 +14,19 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from service import __version__, lifecycle
-from service.api.auth import ApiKeyMiddleware
+from service.api.asgi import (
+    GZIP_LEVEL,
+    ApiKeyMiddleware,
+    BodyLimitMiddleware,
+    ComputeLane,
+    GZipIfAccepted,
+    Metrics,
+    RequestMiddleware,
+)
+from service.api.endpoints import ComputePool, RequestRoute
 from service.api.errors import install_error_handlers
-from service.api.jsonbody import with_request_schemas
-from service.api.middleware import GZIP_LEVEL, BodyLimitMiddleware, GZipIfAccepted
-from service.api.observability import Metrics, RequestMiddleware
-from service.api.pool import ComputePool
+from service.api.openapi import with_request_schemas
 from service.api.routes import ROUTERS
-from service.api.routing import ComputeLane, RequestRoute
 from service.compute.ops.activations import ACTIVATIONS, evaluate_activation
 from service.compute.optimisation.compiled import ChunkCompiler, cxx_available
 from service.compute.optimisation.traced import trace_value_and_grad

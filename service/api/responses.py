@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 from fastapi.responses import JSONResponse
-from starlette.types import Message, Send
+from starlette.types import Send
 
 from service.errors import ServiceError
 
@@ -34,16 +34,3 @@ class JSONBytesResponse(JSONResponse):
 
     def render(self, content: Any) -> bytes:
         return content if isinstance(content, bytes) else dump_json(content)
-
-
-class StartTrackingSend:
-    """A ``send`` that remembers whether the response has started, after which an error can no
-    longer be answered with a response of its own."""
-
-    def __init__(self, send: Send) -> None:
-        self.send = send
-        self.started = False
-
-    async def __call__(self, message: Message) -> None:
-        self.started = self.started or message["type"] == "http.response.start"
-        await self.send(message)

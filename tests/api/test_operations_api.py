@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.api import context as compute_context
+from service.api.endpoints import _context as compute_context
 from service.api.routes import activations as activations_route
 from service.compute import wire as tensors
 from service.compute.ops.activations import evaluate_activation

@@ -39,7 +39,7 @@ from fastapi.exceptions import RequestValidationError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.api.context import validate_params
+from service.api.endpoints import validate_params
 from service.compute.optimisation import Objective, Run, Schedule, optimize
 from service.compute.optimisation.objectives import OBJECTIVES
 from service.compute.optimisation.optimizers import OPTIMIZERS, FusedAdam

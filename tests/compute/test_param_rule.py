@@ -25,7 +25,7 @@ import pytest
 import torch
 from fastapi.exceptions import RequestValidationError
 
-from service.api.context import validate_params
+from service.api.endpoints import validate_params
 from service.compute.ops.activations import ACTIVATIONS, ActivationSpec, evaluate_activation
 from service.compute.ops.losses import LOSSES, LossSpec, evaluate_loss
 from service.compute.ops.registry import FLOAT32_MAX, INT64, Param, ParamsSpec

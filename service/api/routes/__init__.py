@@ -1,5 +1,13 @@
 """One module per endpoint family; ``ROUTERS`` is the whole URL table."""
 
-from service.api.routes import activations, differentiate, losses, meta, optimize, web
+from service.api.routes import activations, catalogs, differentiate, losses, meta, optimize, web
 
-ROUTERS = (activations.router, losses.router, differentiate.router, optimize.router, meta.router, web.router)
+ROUTERS = (
+    activations.router,
+    losses.router,
+    differentiate.router,
+    catalogs.router,
+    optimize.router,
+    meta.router,
+    web.router,
+)

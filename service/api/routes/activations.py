@@ -6,10 +6,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
 
-from service.api.context import ComputeContext, validate_params
-from service.api.dispatch import accept
+from service.api.endpoints import ComputeContext, accept, validate_params
+from service.api.openapi import AUTH_RESPONSES, compute_post, name_parameter
 from service.api.responses import JSONBytesResponse
-from service.api.routes.common import AUTH_RESPONSES, compute_post, name_parameter
 from service.api.schemas import (
     ActivationCatalog,
     ActivationInfo,

@@ -6,10 +6,9 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from service.api.context import ComputeContext, expression_limits
-from service.api.dispatch import accept
+from service.api.endpoints import ComputeContext, accept, expression_limits
+from service.api.openapi import AUTH_RESPONSES, compute_post
 from service.api.responses import JSONBytesResponse
-from service.api.routes.common import AUTH_RESPONSES, compute_post
 from service.api.schemas import DifferentiateRequest, DifferentiateResponse, FunctionCatalog, FunctionInfo
 from service.compute.expressions.differentiate import differentiate
 from service.compute.expressions.language import OPERATORS, compile_program

@@ -8,11 +8,9 @@ import torch
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 
-from service.api.context import ComputeContext, validate_params
-from service.api.dispatch import admit, compute_response
-from service.api.jsonbody import read_json_body
+from service.api.endpoints import ComputeContext, accept, validate_params
+from service.api.openapi import AUTH_RESPONSES, compute_post, name_parameter
 from service.api.responses import JSONBytesResponse
-from service.api.routes.common import AUTH_RESPONSES, compute_post, name_parameter
 from service.api.schemas import LossCatalog, LossInfo, LossRequest, LossResponse, params_schema
 from service.compute.ops.losses import LOSSES, evaluate_loss
 
@@ -45,8 +43,8 @@ def list_losses() -> LossCatalog:
     summary="Evaluate a loss with its gradients w.r.t. input, target and weight",
 )
 async def loss(name: LossName, request: Request) -> JSONBytesResponse:
-    inline = admit(request)
-    body = await read_json_body(request, LossRequest)
+    call = await accept(request, LossRequest)
+    body = call.body
     spec = LOSSES.get(name)
     if body.target is None and spec.target != "none":  # required by this loss: a missing field
         raise RequestValidationError([{"type": "missing", "loc": ("body", "target"), "msg": "Field required"}])
@@ -65,4 +63,4 @@ async def loss(name: LossName, request: Request) -> JSONBytesResponse:
         )
         return {"loss": ctx.wire(result.loss), "grad": {key: ctx.wire(grad) for key, grad in result.grads.items()}}
 
-    return await compute_response(request, body, compute, op=f"loss/{name}", inline=inline)
+    return await call.respond(compute, op=f"loss/{name}")

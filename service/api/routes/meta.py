@@ -9,9 +9,9 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service import __version__, lifecycle
-from service.api.deps import SettingsDep
+from service.api.endpoints import SettingsDep
+from service.api.openapi import AUTH_RESPONSES
 from service.api.responses import JSONBytesResponse
-from service.api.routes.common import AUTH_RESPONSES
 from service.api.schemas import Health, Info, Readiness
 from service.compute.runtime import available_devices, resolve_device
 from service.compute.wire import FLOAT_DTYPES

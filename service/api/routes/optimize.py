@@ -1,4 +1,4 @@
-"""GET /v1/objectives, GET /v1/optimizers, POST /v1/optimize and POST /v1/landscape."""
+"""POST /v1/optimize (streamed on request) and POST /v1/landscape."""
 
 from __future__ import annotations
 
@@ -7,22 +7,15 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from service.api.context import ComputeContext, expression_limits, validate_params
-from service.api.dispatch import accept, request_deadline
+from service.api.endpoints import ComputeContext, accept, expression_limits, request_deadline, validate_params
+from service.api.openapi import compute_post
 from service.api.responses import JSONBytesResponse
-from service.api.routes.common import AUTH_RESPONSES, compute_post
 from service.api.schemas import (
     ExpressionObjective,
-    KnownMinimum,
     LandscapeRequest,
     LandscapeResponse,
-    ObjectiveCatalog,
-    ObjectiveInfo,
-    OptimizerCatalog,
     OptimizeRequest,
     OptimizeResponse,
-    OptimizerInfo,
-    params_schema,
 )
 from service.api.streaming import EventStream, wants_events
 from service.compute.optimisation import Run, RunGroup, Schedule, tasks
@@ -33,35 +26,6 @@ from service.config import Settings
 from service.errors import DeadlineExceeded
 
 router = APIRouter(tags=["optimisation"])
-
-
-@router.get(
-    "/v1/objectives", summary="Test functions: formulas, dimensions, domains and known minima", responses=AUTH_RESPONSES
-)
-def list_objectives() -> ObjectiveCatalog:
-    return ObjectiveCatalog(
-        objectives=[
-            ObjectiveInfo(
-                name=objective.name,
-                formula=objective.formula,
-                dimension=objective.dimension,
-                domain=[list(box) for box in objective.box(objective.dimension or 2)],
-                minima=[KnownMinimum(x=x, value=value) for x, value in objective.minima(objective.dimension or 2)],
-            )
-            for objective in OBJECTIVES
-        ]
-    )
-
-
-@router.get(
-    "/v1/optimizers",
-    summary="torch.optim optimizers and the JSON schema of their hyper-parameters",
-    responses=AUTH_RESPONSES,
-)
-def list_optimizers() -> OptimizerCatalog:
-    return OptimizerCatalog(
-        optimizers=[OptimizerInfo(name=spec.name, doc=spec.doc, params=params_schema(spec)) for spec in OPTIMIZERS]
-    )
 
 
 def _objective(

@@ -2,19 +2,19 @@
 (simdjson for big numeric arrays, orjson for small bodies), then validated by the route's model.
 
 Compute routes read their body here rather than through FastAPI's body parameter: FastAPI would
-parse with the standard library and walk every number in pydantic. ``json_body_openapi``
+parse with the standard library and walk every number in pydantic. ``openapi.json_body_openapi``
 documents the model in the OpenAPI all the same.
 """
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect
 
-from service.api.deps import raw_header
+from service.api.asgi import raw_header
 from service.api.errors import request_validation_error
 from service.compute.wire import parse_json
 from service.errors import UnsupportedMediaType
@@ -49,32 +49,3 @@ async def read_json_body(request: Request, model: type[Model]) -> Model:
         return model.model_validate(tree)
     except ValidationError as exc:
         raise request_validation_error(exc, "body") from exc
-
-
-COMPONENT_REF = "#/components/schemas/{model}"
-
-REQUEST_SCHEMAS: dict[str, Any] = {}
-"""The request models documented by ``json_body_openapi`` and the models they use, by name, for
-``components.schemas`` of the OpenAPI (see ``with_request_schemas``)."""
-
-
-def json_body_openapi(model: type[BaseModel]) -> dict[str, Any]:
-    """``openapi_extra`` that documents ``model`` as the route's required JSON body."""
-    schema = model.model_json_schema(ref_template=COMPONENT_REF)
-    REQUEST_SCHEMAS.update(schema.pop("$defs", {}))
-    REQUEST_SCHEMAS[model.__name__] = schema
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": {"$ref": COMPONENT_REF.format(model=model.__name__)}}},
-        }
-    }
-
-
-def with_request_schemas(openapi: dict[str, Any]) -> dict[str, Any]:
-    """``openapi`` with the hand-documented request models among its component schemas."""
-    schemas = openapi.setdefault("components", {}).setdefault("schemas", {})
-    for name, schema in REQUEST_SCHEMAS.items():
-        if schemas.setdefault(name, schema) != schema:
-            raise RuntimeError(f"two different schemas are both named {name} in the OpenAPI")
-    return openapi

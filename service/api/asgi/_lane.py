@@ -1,51 +1,35 @@
-"""``RequestRoute``, the route class of the compute endpoints, which read their own bodies, and
-``ComputeLane``, which serves them without the framework's inner layers."""
+"""``ComputeLane``, the innermost middleware, which serves the compute routes without the
+framework's inner layers."""
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Request, Response
-from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.responses import StartTrackingSend
+if TYPE_CHECKING:
+    from service.api.endpoints import RequestRoute
 
 ExceptionHandler = Callable[[Request, Any], Response | Awaitable[Response]]
 """What ``app.exception_handlers`` holds for HTTP requests."""
 
 
-class RequestRoute(APIRoute):
-    """An APIRoute whose endpoint takes ``request`` and its path parameters (as strings) and
-    returns a Response itself.
+class StartTrackingSend:
+    """A ``send`` that remembers whether the response has started, after which an error can no
+    longer be answered with a response of its own."""
 
-    FastAPI still documents it from its signature and ``openapi_extra``. At request time it is
-    served by ``serve``: no dependency solving and no exit stacks, which have nothing to do for
-    such an endpoint but cost tens of microseconds, a large share of a small request. Exceptions
-    go up to the app's handlers, through ``ComputeLane`` or Starlette's exception middleware.
-    """
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.started = False
 
-    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
-        super().__init__(path, endpoint, **kwargs)
-        dependant = self.dependant
-        others = [
-            *dependant.query_params,
-            *dependant.header_params,
-            *dependant.cookie_params,
-            *dependant.body_params,
-            *dependant.dependencies,
-        ]
-        if others or dependant.request_param_name != "request":
-            raise TypeError(f"{endpoint.__name__}: a RequestRoute endpoint takes only `request` and path parameters")
-        self.app = self.serve
-
-    async def serve(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response: Response = await self.endpoint(request=Request(scope, receive, send), **scope["path_params"])
-        await response(scope, receive, send)
+    async def __call__(self, message: Message) -> None:
+        self.started = self.started or message["type"] == "http.response.start"
+        await self.send(message)
 
 
 class ComputeLane:
@@ -93,6 +77,9 @@ class ComputeLane:
             await response(scope, receive, send)
 
     def _handler_for(self, exc: Exception) -> ExceptionHandler | None:
+        """The handler Starlette's ``wrap_app_handling_exceptions`` would pick: the status handler
+        of an HTTPException, else the first of the exception's classes with a handler (the loop
+        of ``starlette._exception_handler._lookup_exception_handler``, private to Starlette)."""
         if isinstance(exc, HTTPException) and exc.status_code in self.status_handlers:
             return self.status_handlers[exc.status_code]
         for cls in type(exc).__mro__:

@@ -1,11 +1,10 @@
-"""Request accessors and dependency aliases shared by the routes and the middleware."""
+"""The app's settings as routes read them: directly, or as a FastAPI dependency."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 from fastapi import Depends, Request
-from starlette.types import Scope
 
 from service.config import Settings
 
@@ -23,12 +22,3 @@ async def get_settings(request: Request) -> Settings:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-
-
-def raw_header(scope: Scope, name: bytes) -> bytes | None:
-    """The first value of header ``name`` (lower case), as sent: cheaper than ``request.headers``,
-    which decodes and lower-cases on every lookup."""
-    for key, value in scope["headers"]:
-        if key == name:
-            return value  # type: ignore[no-any-return]
-    return None

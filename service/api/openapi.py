@@ -1,4 +1,5 @@
-"""Pieces the route modules share."""
+"""The OpenAPI document: the compute routes' request bodies (which they read themselves) and
+the responses, errors included, every route documents."""
 
 from __future__ import annotations
 
@@ -8,9 +9,8 @@ from typing import Any
 from fastapi import APIRouter, Path, Response
 from pydantic import BaseModel
 
-from service.api.jsonbody import json_body_openapi
+from service.api.endpoints import RequestRoute
 from service.api.responses import JSONBytesResponse
-from service.api.routing import RequestRoute
 from service.api.schemas import ErrorBody
 from service.compute.ops.registry import Registry
 
@@ -72,3 +72,32 @@ def compute_post(
         return endpoint
 
     return register
+
+
+COMPONENT_REF = "#/components/schemas/{model}"
+
+REQUEST_SCHEMAS: dict[str, Any] = {}
+"""The request models documented by ``json_body_openapi`` and the models they use, by name, for
+``components.schemas`` of the OpenAPI (see ``with_request_schemas``)."""
+
+
+def json_body_openapi(model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` that documents ``model`` as the route's required JSON body."""
+    schema = model.model_json_schema(ref_template=COMPONENT_REF)
+    REQUEST_SCHEMAS.update(schema.pop("$defs", {}))
+    REQUEST_SCHEMAS[model.__name__] = schema
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": COMPONENT_REF.format(model=model.__name__)}}},
+        }
+    }
+
+
+def with_request_schemas(openapi: dict[str, Any]) -> dict[str, Any]:
+    """``openapi`` with the hand-documented request models among its component schemas."""
+    schemas = openapi.setdefault("components", {}).setdefault("schemas", {})
+    for name, schema in REQUEST_SCHEMAS.items():
+        if schemas.setdefault(name, schema) != schema:
+            raise RuntimeError(f"two different schemas are both named {name} in the OpenAPI")
+    return openapi

@@ -6,8 +6,9 @@ from __future__ import annotations
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api.asgi._lane import StartTrackingSend
 from service.api.errors import ServiceHTTPError
-from service.api.responses import StartTrackingSend, send_error
+from service.api.responses import send_error
 from service.errors import LimitExceeded
 
 

@@ -11,10 +11,10 @@ from typing import Any, Generic, TypeVar
 import torch
 from fastapi import Request
 
-from service.api.context import ComputeContext
-from service.api.deps import raw_header, settings_of
-from service.api.jsonbody import read_json_body
-from service.api.observability import STARTED_KEY
+from service.api.asgi import STARTED_KEY, raw_header
+from service.api.endpoints._body import read_json_body
+from service.api.endpoints._context import ComputeContext
+from service.api.endpoints._settings import settings_of
 from service.api.responses import JSONBytesResponse, dump_json
 from service.api.schemas import ComputeRequest
 from service.compute.runtime import out_of_memory

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.api.deps import raw_header
+from service.api.asgi._headers import raw_header
 from service.api.responses import send_error
 from service.errors import Unauthorized
 
