@@ -5,6 +5,7 @@ values beyond the samples."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -21,7 +22,7 @@ from service.compute.ops.losses import (
     index_target_shape,
     loss_value,
 )
-from service.errors import InvalidInput
+from service.errors import InvalidInput, NotFound
 from tests import oracles
 
 CONTRACT_NAMES = [
@@ -313,3 +314,212 @@ def test_ignore_index_is_allowed_outside_the_class_range() -> None:
     logits = torch.tensor([[1.0, 2.0], [0.5, 0.1]], dtype=torch.float64)
     result = evaluate_loss(spec, logits, torch.tensor([1, -100]), None, spec.defaults())
     torch.testing.assert_close(result.loss, oracles.cross_entropy(logits[:1], torch.tensor([1])), **TIGHT)
+
+
+NAN = math.nan
+REFUSALS: list[tuple[str, Any, Any, Any, dict[str, Any], str, str, dict[str, Any]]] = [
+    # (loss, input, target, weight, params, error type, message, details)
+    (
+        "binary_cross_entropy", [0.5, 1.5], [1.0, 0.0], None, {}, "out_of_range",
+        "binary_cross_entropy needs input values in [0, 1] (probabilities); "
+        "use binary_cross_entropy_with_logits for logits.", {"where": "input"},
+    ),
+    (
+        "binary_cross_entropy", [0.5, 0.5], [1.0, -0.5], None, {}, "out_of_range",
+        "binary_cross_entropy needs target values in [0, 1] (probabilities); "
+        "use binary_cross_entropy_with_logits for logits.", {"where": "target"},
+    ),
+    (
+        "cross_entropy", [[1.0, 2.0], [0.5, 0.1]], [0.0, 2.0], None, {}, "class_index_out_of_range",
+        "target holds class index 2 at [1], outside [0, 2) (and not ignore_index=-100).", {"where": "target[1]"},
+    ),
+    (
+        "cross_entropy", [[[1.0, 2.0], [0.5, 0.1]]], [[0.0, 3.0]], None, {"ignore_index": 5},
+        "class_index_out_of_range", "target holds class index 3 at [0, 1], outside [0, 2) (and not ignore_index=5).",
+        {"where": "target[0][1]"},
+    ),
+    (
+        "cross_entropy", [[1.0, 2.0]], [200.0], None, {}, "class_index_out_of_range",
+        "target holds class index 200 at [0], outside [0, 2) (and not ignore_index=-100).", {"where": "target[0]"},
+    ),
+    (
+        "entropy", [[0.5, 0.5]], None, None, {"dim": 2}, "invalid_param",
+        "dim=2 is out of range for an input with 2 dimension(s).", {"param": "dim"},
+    ),
+    (
+        "nll", [[1.0, 2.0]], [[0.5, 0.5]], None, {}, "shape_mismatch",
+        "target has shape [1, 2]; class indices for input of shape [1, 2] need shape [1].", {},
+    ),
+    (
+        "cross_entropy", [[1.0, 2.0]], [0.0, 1.0, 1.0], None, {}, "shape_mismatch",
+        "target has shape [3]; class indices for input of shape [1, 2] need shape [1], "
+        "or probabilities of shape [1, 2].", {},
+    ),
+    (
+        "nll", [1.0, 2.0], [[0.0]], None, {}, "shape_mismatch",
+        "target has shape [1, 1]; class indices for input of shape [2] need shape [].", {},
+    ),
+    (
+        "nll", 1.0, [0.0], None, {}, "shape_mismatch",
+        "target has shape [1]; class indices for input of shape [] need shape (none: input has no class dim).", {},
+    ),
+    *[
+        (
+            "cross_entropy", [[1.0, 2.0]], [value], None, {}, "invalid_dtype",
+            "cross_entropy needs class indices in target; got non-finite or out-of-range values.",
+            {"where": "target"},
+        )
+        for value in (float(2**62), -float(2**62), math.inf, NAN)
+    ],
+    (
+        "nll", [[1.0, 2.0]], [0.5], None, {}, "invalid_dtype",
+        "nll needs integer class indices in target, got fractional values.", {"where": "target"},
+    ),
+    (
+        "mse", [1.0, 2.0], [1.0, 2.0, 3.0], None, {}, "shape_mismatch",
+        "target of shape [3] does not broadcast with input of shape [2].", {},
+    ),
+    (
+        "mse", [1.0, 2.0], [[1.0, 2.0]], None, {}, "shape_mismatch",
+        "target of shape [1, 2] would broadcast input of shape [2] up to [1, 2]; input must keep its shape.", {},
+    ),
+    (
+        "binary_cross_entropy", [0.5, 0.5], [1.0, 0.0], [1.0, 1.0, 1.0], {}, "shape_mismatch",
+        "weight of shape [3] does not broadcast with input of shape [2].", {},
+    ),
+    ("mse", [1.0], [1.0], [1.0], {}, "unexpected_weight", "mse takes no weight.", {}),
+    ("entropy", [0.5, 0.5], [1.0], None, {}, "unexpected_target", "entropy takes no target.", {}),
+    ("mse", [1.0, 2.0], None, None, {}, "missing_target", "mse needs a target.", {}),
+    (
+        "cross_entropy", [[1.0, 2.0]], [0.0], [1.0], {}, "shape_mismatch",
+        "weight must hold one value per class: shape [2], got [1].", {},
+    ),
+    (
+        "cross_entropy", 1.0, 0.0, [1.0], {}, "shape_mismatch",
+        "weight must hold one value per class: shape [0], got [1].", {},
+    ),
+    (
+        "cross_entropy", 1.0, 0.0, None, {}, "shape_mismatch",
+        "input must hold class scores: shape [C], [N, C] or [N, C, d1, ...].", {},
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "input", "target", "weight", "params", "error_type", "message", "details"),
+    REFUSALS,
+    ids=[f"{case[0]}-{case[5]}-{index}" for index, case in enumerate(REFUSALS)],
+)
+def test_refusals_name_the_problem(
+    name: str,
+    input: Any,
+    target: Any,
+    weight: Any,
+    params: dict[str, Any],
+    error_type: str,
+    message: str,
+    details: dict[str, Any],
+) -> None:
+    """Each refusal's whole error: its type, the sentence the client reads, and where it lies."""
+    spec = LOSSES.get(name)
+
+    def tensor(value: Any) -> torch.Tensor | None:
+        return None if value is None else torch.tensor(value, dtype=torch.float64)
+
+    x = torch.tensor(input, dtype=torch.float64)
+    with pytest.raises(InvalidInput) as caught:
+        evaluate_loss(spec, x, tensor(target), tensor(weight), {**spec.defaults(), **params})
+    assert (caught.value.error_type, caught.value.message, caught.value.details) == (error_type, message, details)
+
+
+def test_a_grad_output_of_another_shape_is_refused() -> None:
+    spec = LOSSES.get("mse")
+    x, t = torch.tensor([1.0, 2.0], dtype=torch.float64), torch.tensor([0.0, 0.0], dtype=torch.float64)
+    with pytest.raises(InvalidInput) as caught:
+        evaluate_loss(spec, x, t, None, {"reduction": "none"}, grad_output=torch.ones(1, dtype=torch.float64))
+    assert caught.value.error_type == "shape_mismatch"
+    assert caught.value.message == "grad_output has shape [1], but the loss has shape [2]."
+
+
+def test_an_integer_input_is_refused() -> None:
+    spec = LOSSES.get("mse")
+    with pytest.raises(InvalidInput) as caught:
+        evaluate_loss(spec, torch.tensor([1, 2]), torch.tensor([1.0, 2.0]), None, spec.defaults())
+    assert (caught.value.error_type, caught.value.message, caught.value.details) == (
+        "invalid_dtype",
+        "mse needs a floating-point input, not int64.",
+        {"where": "input"},
+    )
+
+
+def test_class_indices_just_below_the_refused_magnitude_are_checked_as_classes() -> None:
+    """2**62 and beyond are refused as not class indices; below it they are indices, out of range."""
+    below = math.nextafter(float(2**62), 0.0)
+    spec = LOSSES.get("cross_entropy")
+    logits, target = torch.ones(1, 2, dtype=torch.float64), torch.tensor([below], dtype=torch.float64)
+    with pytest.raises(InvalidInput) as caught:
+        evaluate_loss(spec, logits, target, None, spec.defaults())
+    assert caught.value.error_type == "class_index_out_of_range"
+
+
+TAKES_NO_WEIGHT = {"mse", "l1", "smooth_l1", "huber", "kl_div", "poisson_nll", "soft_margin", "entropy"}
+CLASS_INDEX_TARGETS = {"cross_entropy", "nll"}
+
+
+@pytest.mark.parametrize("spec", list(LOSSES), ids=lambda spec: spec.name)
+def test_weights_and_class_indices_are_taken_where_torch_takes_them(spec: LossSpec) -> None:
+    """Which losses take a weight and which take class indices, from torch's signatures (written
+    here, not read from the registry): a weight where there is none is refused, and class indices
+    are taken exactly where torch takes them."""
+    input, target, _, params = make_inputs(spec, spec.samples[0])
+    if spec.name in TAKES_NO_WEIGHT:
+        with pytest.raises(InvalidInput) as caught:
+            evaluate_loss(spec, input, target, torch.ones_like(input), params)
+        assert caught.value.error_type == "unexpected_weight"
+    logits = torch.randn(3, 4, dtype=torch.float64)
+    indices = torch.tensor([0.0, 3.0, 1.0], dtype=torch.float64)
+    if spec.name in CLASS_INDEX_TARGETS:
+        result = evaluate_loss(spec, logits.log_softmax(-1), indices, None, spec.defaults())
+        assert result.loss.isfinite()
+    elif spec.target != "none":
+        with pytest.raises(InvalidInput):
+            evaluate_loss(spec, logits.sigmoid(), indices, None, spec.defaults())
+
+
+def test_class_probabilities_of_one_class_are_probabilities() -> None:
+    """A float target of the input's shape is class probabilities, even where its values could
+    be read as indices: one class, probability 1, gives loss 0."""
+    spec = LOSSES.get("cross_entropy")
+    one_class = torch.tensor([[0.3]], dtype=torch.float64)
+    result = evaluate_loss(spec, one_class, torch.tensor([[1.0]], dtype=torch.float64), None, spec.defaults())
+    assert result.loss.item() == 0.0
+
+
+def test_the_language_takes_derivatives_torch_has_and_zero_for_the_rest() -> None:
+    """loss_value (the formula language's path): w.r.t. a float target, torch's derivative; w.r.t.
+    a class weight beside class indices, which torch cannot differentiate, zero."""
+    mse = LOSSES.get("mse")
+    x = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    t = torch.tensor([0.5, 3.0], dtype=torch.float64, requires_grad=True)
+    (d_target,) = torch.autograd.grad(loss_value(mse, x, t, None, mse.defaults()), t)
+    torch.testing.assert_close(d_target, -(x - t.detach()), rtol=1e-15, atol=0)  # d/dt mean((x-t)^2), n = 2
+    nll = LOSSES.get("nll")
+    log_probabilities = torch.randn(3, 4, dtype=torch.float64).log_softmax(-1).requires_grad_(True)
+    weight = torch.tensor([1.0, 2.0, 0.5, 3.0], dtype=torch.float64, requires_grad=True)
+    value = loss_value(nll, log_probabilities, torch.tensor([0.0, 3.0, 1.0]), weight, nll.defaults())
+    d_input, d_weight = torch.autograd.grad(
+        value, [log_probabilities, weight], allow_unused=True, materialize_grads=True
+    )
+    assert d_weight.tolist() == [0.0] * 4
+    expected = torch.autograd.grad(
+        F.nll_loss(log_probabilities, torch.tensor([0, 3, 1]), weight.detach()), log_probabilities
+    )
+    torch.testing.assert_close(d_input, expected[0], rtol=0, atol=0)
+
+
+def test_an_unknown_loss_is_not_found_with_the_known_names() -> None:
+    with pytest.raises(NotFound) as caught:
+        LOSSES.get("mse_loss")
+    assert caught.value.error_type == "unknown_loss"
+    assert caught.value.message.startswith("There is no loss named 'mse_loss'; known: mse, l1,")
+    assert caught.value.details == {"known": [spec.name for spec in LOSSES]}
