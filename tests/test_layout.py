@@ -13,7 +13,7 @@ HTTP_MODULES = ("service.api", "service.main", "fastapi", "starlette", "uvicorn"
 
 
 def imported_modules(path: Path) -> set[str]:
-    modules = set()
+    modules: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             modules.update(alias.name for alias in node.names)

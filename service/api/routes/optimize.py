@@ -23,7 +23,6 @@ from service.compute.optimisation.objectives import OBJECTIVES, ObjectiveSpec
 from service.compute.optimisation.optimizers import OPTIMIZERS, OptimizerSpec
 from service.compute.wire import scalar_to_wire
 from service.config import Settings
-from service.errors import DeadlineExceeded
 
 router = APIRouter(tags=["optimisation"])
 
@@ -102,13 +101,8 @@ async def optimize(request: Request) -> Response:
             stream.cancelled if stream else None,
             trajectories=trajectories,
         )
-        outcome = tasks.run(resolved, starts, optimizers, schedule, request.app.chunk_compiler)
-        if stream is None and any("deadline" in group.reasons() for group in outcome.groups):
-            done = sum(int(group.steps.sum()) for group in outcome.groups)
-            raise DeadlineExceeded(
-                f"The request's time budget of {settings.request_timeout_s:g} s ran out after {done} steps in all; "
-                "ask for fewer steps, or stream the run (Accept: text/event-stream) to keep what it reached."
-            )
+        budget_s = None if stream else settings.request_timeout_s
+        outcome = tasks.run(resolved, starts, optimizers, schedule, request.app.chunk_compiler, budget_s=budget_s)
         if not trajectories:
             summary = tasks.summarize(outcome, optimizers, resolved.entry, body.reach_tolerance)
             return {"summary": _summary(summary, ctx)}

@@ -13,10 +13,11 @@ import torch
 
 from service.compute.expressions.language import Limits, compile_program
 from service.compute.optimisation import STOP_REASONS, Objective, Outcome, Schedule, engine
+from service.compute.optimisation.compiled import ChunkCompiler
 from service.compute.optimisation.objectives import OBJECTIVES, ObjectiveSpec
 from service.compute.optimisation.optimizers import OptimizerSpec
 from service.compute.runtime import torch_errors
-from service.errors import InvalidInput, check_limit
+from service.errors import DeadlineExceeded, InvalidInput, check_limit
 
 Optimizers = Sequence[tuple[OptimizerSpec, Mapping[str, Any]]]
 """The optimizers of a request, each with its hyper-parameters."""
@@ -120,11 +121,22 @@ def run(
     starts: torch.Tensor,
     optimizers: Optimizers,
     schedule: Schedule,
-    compiler: Any = None,
+    compiler: ChunkCompiler | None = None,
+    *,
+    budget_s: float | None = None,
 ) -> Outcome:
-    """Every run; torch's refusals are the caller's 400 (see ``torch_errors``)."""
+    """Every run; torch's refusals are the caller's 400 (see ``torch_errors``). With
+    ``budget_s`` (the request's time budget), runs that the deadline cut short are a 504
+    instead of a partial result (a stream reports them, with what they reached)."""
     with torch_errors("the optimisation"):
-        return engine.optimize(resolved.objective, starts, optimizers, schedule, compiler)
+        outcome = engine.optimize(resolved.objective, starts, optimizers, schedule, compiler)
+    if budget_s is not None and any("deadline" in group.reasons() for group in outcome.groups):
+        done = sum(int(group.steps.sum()) for group in outcome.groups)
+        raise DeadlineExceeded(
+            f"The request's time budget of {budget_s:g} s ran out after {done} steps in all; "
+            "ask for fewer steps, or stream the run (Accept: text/event-stream) to keep what it reached."
+        )
+    return outcome
 
 
 @dataclass(frozen=True)
