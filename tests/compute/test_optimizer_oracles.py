@@ -573,3 +573,12 @@ def test_an_unknown_optimizer_is_not_found_with_the_known_names() -> None:
         OPTIMIZERS.get("adamm")
     assert caught.value.error_type == "unknown_optimizer"
     assert "There is no optimizer named 'adamm'" in str(caught.value)
+
+
+def test_nesterov_without_momentum_is_refused_naming_it_with_the_reason() -> None:
+    with pytest.raises(RequestValidationError) as caught:
+        validate_params(OPTIMIZERS.get("sgd"), {"nesterov": True, "momentum": 0.0})
+    (error,) = caught.value.errors()
+    assert error["loc"] == ("body", "params", "nesterov")
+    assert error["msg"] == "nesterov needs momentum > 0 and dampening 0"
+    assert validate_params(OPTIMIZERS.get("sgd"), {"nesterov": True, "momentum": 0.9})["nesterov"] is True
