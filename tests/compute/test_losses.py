@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from fastapi.exceptions import RequestValidationError
 
+from service.api.endpoints import validate_params
 from service.compute.ops.losses import (
     LOSSES,
     GradName,
@@ -523,3 +525,65 @@ def test_an_unknown_loss_is_not_found_with_the_known_names() -> None:
     assert caught.value.error_type == "unknown_loss"
     assert caught.value.message.startswith("There is no loss named 'mse_loss'; known: mse, l1,")
     assert caught.value.details == {"known": [spec.name for spec in LOSSES]}
+
+
+@pytest.mark.parametrize(("base", "taken"), [("e", True), ("2", True), ("10", False), ("E", False)])
+def test_entropy_takes_base_e_or_2(base: str, taken: bool) -> None:
+    spec = LOSSES.get("entropy")
+    if taken:
+        assert validate_params(spec, {"base": base})["base"] == base
+    else:
+        with pytest.raises(RequestValidationError):
+            validate_params(spec, {"base": base})
+
+
+CATALOG_KINDS = {
+    "mse": ("float", "none"),
+    "l1": ("float", "none"),
+    "smooth_l1": ("float", "none"),
+    "huber": ("float", "none"),
+    "cross_entropy": ("float_or_index", "class"),
+    "nll": ("index", "class"),
+    "binary_cross_entropy": ("float", "elementwise"),
+    "binary_cross_entropy_with_logits": ("float", "elementwise"),
+    "kl_div": ("float", "none"),
+    "poisson_nll": ("float", "none"),
+    "soft_margin": ("float", "none"),
+    "entropy": ("none", "none"),
+}
+"""Each loss's target and weight kinds as GET /v1/losses shows them, from torch's signatures."""
+
+
+def test_the_catalog_shows_each_losss_target_and_weight_kinds() -> None:
+    assert {spec.name: (spec.target, spec.weight) for spec in LOSSES} == CATALOG_KINDS
+
+
+def test_probabilities_at_the_ends_of_0_1_are_taken() -> None:
+    spec = LOSSES.get("binary_cross_entropy")
+    ends = torch.tensor([0.0, 1.0, 0.5], dtype=torch.float64)
+    targets = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
+    result = evaluate_loss(spec, ends, targets, None, {"reduction": "none"})
+    assert result.loss.tolist() == [100.0, 100.0, -math.log(0.5)]  # torch clamps log(0) to -100
+
+
+def test_poisson_nll_default_eps_is_torchs() -> None:
+    """eps matters only without log_input: the registry's default must be torch's 1e-8."""
+    spec = LOSSES.get("poisson_nll")
+    rate = torch.tensor([0.05, 0.5, 0.95], dtype=torch.float64)
+    count = torch.tensor([1.0, 0.0, 2.0], dtype=torch.float64)
+    result = evaluate_loss(spec, rate, count, None, {**spec.defaults(), "log_input": False})
+    expected = F.poisson_nll_loss(rate, count, log_input=False)
+    torch.testing.assert_close(result.loss, expected, rtol=1e-15, atol=0)
+
+
+def test_the_language_differentiates_a_class_weight_beside_probabilities() -> None:
+    """Beside class probabilities torch differentiates cross_entropy's class weight, and
+    loss_value keeps it (beside class indices it is detached: see above)."""
+    spec = LOSSES.get("cross_entropy")
+    logits = torch.tensor([[0.2, -1.0, 0.7], [1.5, 0.1, -0.3]], dtype=torch.float64)
+    probabilities = torch.tensor([[0.2, 0.5, 0.3], [0.6, 0.1, 0.3]], dtype=torch.float64)
+    weight = torch.tensor([1.5, 0.5, 2.0], dtype=torch.float64, requires_grad=True)
+    (d_weight,) = torch.autograd.grad(loss_value(spec, logits, probabilities, weight, spec.defaults()), weight)
+    (expected,) = torch.autograd.grad(F.cross_entropy(logits, probabilities, weight), weight)
+    assert d_weight.abs().min() > 0
+    torch.testing.assert_close(d_weight, expected, rtol=0, atol=0)
