@@ -443,3 +443,12 @@ def test_params_outside_their_bounds_are_validation_errors(
         client.post(f"/v1/activations/{name}", json={"input": [1.0], "params": params}), 422, "validation_error"
     )
     assert [item["loc"] for item in error["errors"]] == [["body", "params", next(iter(params))]]
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1e-300, -1e-300])
+def test_celu_alpha_torch_cannot_divide_by_is_refused_with_the_reason(client: AppClient, alpha: float) -> None:
+    response = client.post("/v1/activations/celu", json={"input": [1.0], "params": {"alpha": alpha}})
+    assert response.status_code == 422, response.text
+    (error,) = response.json()["error"]["errors"]
+    assert error["loc"] == ["body", "params", "alpha"]
+    assert error["msg"] == "alpha must not be 0, nor so close to it that 1 / alpha exceeds float32's range"
