@@ -60,22 +60,27 @@ def warm_up() -> None:
 
 class GradientService(FastAPI):
     """The FastAPI application with what routes read on every request as typed attributes
-    (``app.state`` answers only after a failed attribute lookup): the settings, the metrics,
-    and, once the lifespan has started, the compute pool, the step compiler and readiness."""
+    (``app.state`` answers only after a failed attribute lookup): the settings, the metrics, the
+    compute pool, the step compiler (set up when the lifespan starts) and readiness."""
 
     def __init__(self, settings: Settings, **options: Any) -> None:
         super().__init__(**options)
         self.settings = settings
         self.metrics = Metrics()
-        self.compute_pool = ComputePool(
+        self.compute_pool = self.new_pool()
+        """Replaced by a fresh one each time the lifespan starts."""
+        self.chunk_compiler: ChunkCompiler | None = None
+        """Compiles long Adam runs' steps (see ``compiled``); None without a C++ compiler or when off."""
+        self.readiness: Literal["starting", "ready"] = "starting"
+
+    def new_pool(self) -> ComputePool:
+        settings = self.settings
+        return ComputePool(
             settings.effective_max_concurrency(),
             settings.max_queue,
             settings.retry_after_s,
             on_overload=self.metrics.rejections.labels("overloaded").inc,
         )
-        self.chunk_compiler: ChunkCompiler | None = None
-        """Compiles long Adam runs' steps (see ``compiled``); None without a C++ compiler or when off."""
-        self.readiness: Literal["starting", "ready"] = "starting"
 
 
 def create_app(settings: Settings | None = None) -> GradientService:
@@ -102,7 +107,8 @@ def create_app(settings: Settings | None = None) -> GradientService:
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Start up: torch threads, metrics of the pool, the compiler, a warm-up; then ready."""
     assert isinstance(app, GradientService)
-    settings, metrics, pool = app.settings, app.metrics, app.compute_pool
+    app.compute_pool = pool = app.new_pool()
+    settings, metrics = app.settings, app.metrics
     torch.set_num_threads(settings.effective_torch_threads())
     metrics.computing.set_function(lambda: pool.running)
     metrics.queued.set_function(lambda: pool.waiting)

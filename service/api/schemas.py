@@ -37,7 +37,7 @@ TENSOR_SCHEMA: dict[str, Any] = {
     "anyOf": [{"type": "number"}, NON_FINITE_SCHEMA, NESTED_SCHEMA, ENCODED_TENSOR_SCHEMA],
 }
 
-# Tensors are validated by service.compute.tensors (with positions in the messages and without
+# Tensors are validated by service.compute.wire (with positions in the messages and without
 # walking a million numbers in Python), so pydantic passes them through untouched.
 Tensor = Annotated[Any, WithJsonSchema(TENSOR_SCHEMA)]
 TensorOut = Annotated[Any, WithJsonSchema({**TENSOR_SCHEMA, "title": "TensorOut"})]

@@ -219,6 +219,14 @@ BAD: list[tuple[str, dict[str, Any], int, str]] = [
     ("/v1/optimize", {"objective": "himmelblau", "x0": [1, 0], "starts": [[1, 0]]}, 400, "invalid_input"),
     ("/v1/optimize", {"objective": "himmelblau", "starts": [1, 0]}, 400, "shape_mismatch"),
     ("/v1/optimize", {"objective": "himmelblau", "x0": [[1, 0], [2]]}, 400, "ragged_array"),
+    # Which of several faults is reported: the request's shape before its tensors' contents.
+    ("/v1/optimize", {"objective": "himmelblau", "x0": [[1, 0], [2]], "starts": [[1, 0]]}, 400, "invalid_input"),
+    (
+        "/v1/optimize",
+        {"objective": {"expression": "sum(x)", "inputs": {"x": [[1.0], [2.0, 3.0]]}}, "x0": [0.0]},
+        400,
+        "invalid_input",
+    ),
     ("/v1/optimize", {"objective": {"expression": "x * 2"}, "x0": [1, 0], "steps": 2}, 400, "not_scalar"),
     ("/v1/optimize", {"objective": {"expression": "x.__class__"}, "x0": [1, 0]}, 400, "invalid_expression"),
     ("/v1/optimize", {"objective": "nope", "x0": [1, 0]}, 404, "unknown_objective"),

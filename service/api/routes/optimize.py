@@ -33,8 +33,7 @@ def _objective(
     """The request's objective; a formula gets its share of the element budget per point."""
     chosen: str | tasks.Formula
     if isinstance(field, ExpressionObjective):
-        inputs = {name: ctx.tensor(value, f"objective.inputs.{name}") for name, value in field.inputs.items()}
-        chosen = tasks.Formula(field.expression, field.variable, inputs)
+        chosen = tasks.Formula(field.expression, field.variable, field.inputs, ctx.tensor)
     else:
         chosen = field
     budget = max(1, settings.max_elements // points)
@@ -71,7 +70,7 @@ async def optimize(request: Request) -> Response:
     stream = EventStream(request) if wants_events(request) else None
 
     def compute(ctx: ComputeContext) -> dict[str, Any]:
-        starts = tasks.starts_of(ctx.optional_tensor(body.x0, "x0"), ctx.optional_tensor(body.starts, "starts"))
+        starts = tasks.starts_of(body.x0, body.starts, ctx.tensor)
         limits = tasks.RunLimits(settings.max_steps, settings.max_elements, settings.max_trajectory_points)
         trajectories = body.report == "runs"
         tasks.check_runs(starts, optimizers, body.steps, body.record_every if trajectories else None, limits)

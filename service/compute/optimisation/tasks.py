@@ -5,7 +5,7 @@ minima, the summary of many runs, and the landscape grid. The routes decode, cal
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,14 +23,19 @@ Optimizers = Sequence[tuple[OptimizerSpec, Mapping[str, Any]]]
 """The optimizers of a request, each with its hyper-parameters."""
 
 
+Decode = Callable[[Any, str], torch.Tensor]
+"""Turns a wire tensor into a torch one, naming where it came from (the request's codec)."""
+
+
 @dataclass(frozen=True)
 class Formula:
     """An objective written in the formula language: ``expression`` of ``variable``, with
-    ``inputs`` held constant."""
+    ``inputs`` (wire tensors, decoded by ``decode`` once the formula has compiled) held constant."""
 
     expression: str
     variable: str
-    inputs: Mapping[str, torch.Tensor]
+    inputs: Mapping[str, Any]
+    decode: Decode
 
 
 @dataclass(frozen=True)
@@ -63,7 +68,8 @@ def resolve_objective(
         raise InvalidInput(f"'{chosen.variable}' is the variable; it cannot also be an input.")
     names = frozenset({*chosen.inputs, chosen.variable})
     program = compile_program(chosen.expression, names, dtype, device, limits, budget)
-    constants, variable = dict(chosen.inputs), chosen.variable
+    constants = {name: chosen.decode(value, f"objective.inputs.{name}") for name, value in chosen.inputs.items()}
+    variable = chosen.variable
 
     def fn(x: torch.Tensor) -> torch.Tensor:
         value = program({**constants, variable: x})
@@ -76,18 +82,22 @@ def resolve_objective(
     return Resolved(Objective(fn, batched=False), None)
 
 
-def starts_of(x0: torch.Tensor | None, starts: torch.Tensor | None) -> torch.Tensor:
-    """The [N, d] starts of a request that gives one start ``x0`` [d] or several ``starts``."""
+def starts_of(x0: Any, starts: Any, decode: Decode) -> torch.Tensor:
+    """The [N, d] starts of a request that gives one start ``x0`` [d] or several ``starts``
+    (wire tensors, decoded once one of them is known to be given)."""
     if (x0 is None) == (starts is None):
         raise InvalidInput("Give exactly one of x0 (one start) and starts (several).")
     if x0 is not None:
-        if x0.dim() != 1 or not x0.numel():
-            raise InvalidInput(f"x0 must be a point of shape [d], not {list(x0.shape)}.", error_type="shape_mismatch")
-        return x0.unsqueeze(0)
-    assert starts is not None
-    if starts.dim() != 2 or not starts.numel():
-        raise InvalidInput(f"starts must have shape [N, d], not {list(starts.shape)}.", error_type="shape_mismatch")
-    return starts
+        point = decode(x0, "x0")
+        if point.dim() != 1 or not point.numel():
+            raise InvalidInput(
+                f"x0 must be a point of shape [d], not {list(point.shape)}.", error_type="shape_mismatch"
+            )
+        return point.unsqueeze(0)
+    rows = decode(starts, "starts")
+    if rows.dim() != 2 or not rows.numel():
+        raise InvalidInput(f"starts must have shape [N, d], not {list(rows.shape)}.", error_type="shape_mismatch")
+    return rows
 
 
 @dataclass(frozen=True)
