@@ -280,7 +280,8 @@ def test_seed_mse_gradient() -> None:
     torch.testing.assert_close(result.grads["input"] * x, 2 * (x * w - 1) * x)
 
 
-def bad(spec_name: str, input: Any, target: Any = None, weight: Any = None, **params: Any) -> str:
+def refusal(spec_name: str, input: Any, target: Any = None, weight: Any = None, **params: Any) -> InvalidInput:
+    """The error evaluate_loss raises for these float64 inputs (``params`` over the defaults)."""
     spec = LOSSES.get(spec_name)
 
     def as_tensor(value: Any) -> torch.Tensor | None:
@@ -289,7 +290,11 @@ def bad(spec_name: str, input: Any, target: Any = None, weight: Any = None, **pa
     x = torch.tensor(input, dtype=torch.float64)
     with pytest.raises(InvalidInput) as caught:
         evaluate_loss(spec, x, as_tensor(target), as_tensor(weight), {**spec.defaults(), **params})
-    return caught.value.error_type
+    return caught.value
+
+
+def bad(spec_name: str, input: Any, target: Any = None, weight: Any = None, **params: Any) -> str:
+    return refusal(spec_name, input, target, weight, **params).error_type
 
 
 def test_bad_inputs_are_refused_before_torch() -> None:
@@ -423,15 +428,8 @@ def test_refusals_name_the_problem(
     details: dict[str, Any],
 ) -> None:
     """Each refusal's whole error: its type, the sentence the client reads, and where it lies."""
-    spec = LOSSES.get(name)
-
-    def tensor(value: Any) -> torch.Tensor | None:
-        return None if value is None else torch.tensor(value, dtype=torch.float64)
-
-    x = torch.tensor(input, dtype=torch.float64)
-    with pytest.raises(InvalidInput) as caught:
-        evaluate_loss(spec, x, tensor(target), tensor(weight), {**spec.defaults(), **params})
-    assert (caught.value.error_type, caught.value.message, caught.value.details) == (error_type, message, details)
+    error = refusal(name, input, target, weight, **params)
+    assert (error.error_type, error.message, error.details) == (error_type, message, details)
 
 
 def test_a_grad_output_of_another_shape_is_refused() -> None:
