@@ -4,7 +4,7 @@ compute routes directly. Its one public face is this package."""
 
 from service.api.asgi._auth import ApiKeyMiddleware
 from service.api.asgi._headers import raw_header
-from service.api.asgi._lane import ComputeLane, StartTrackingSend
+from service.api.asgi._lane import ComputeLane
 from service.api.asgi._limits import GZIP_LEVEL, BodyLimitMiddleware, GZipIfAccepted
 from service.api.asgi._observability import STARTED_KEY, Metrics, RequestMiddleware
 
@@ -17,6 +17,5 @@ __all__ = [
     "GZipIfAccepted",
     "Metrics",
     "RequestMiddleware",
-    "StartTrackingSend",
     "raw_header",
 ]
