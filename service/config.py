@@ -24,6 +24,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Request body cap in bytes (413 above it).")
     max_elements: int = Field(10_000_000, ge=1, description="Cap on the elements of all tensors in one request.")
     max_jacobian_elements: int = Field(4_000_000, ge=1, description="Cap on the entries of one Jacobian or Hessian.")
+    max_flops: int = Field(
+        10_000_000_000,
+        ge=1,
+        description="Cap on the estimated work of one derivative request, in floating-point operations (413).",
+    )
     expression_max_length: int = Field(10_000, ge=1, description="Longest expression, in characters (413).")
     expression_max_nodes: int = Field(2_000, ge=1, description="Most syntax nodes in one expression (413).")
     expression_max_depth: int = Field(64, ge=1, le=400, description="Deepest nesting in one expression (413).")
@@ -99,6 +104,7 @@ class Settings(BaseSettings):
             "max_body_bytes": self.max_body_bytes,
             "max_elements": self.max_elements,
             "max_jacobian_elements": self.max_jacobian_elements,
+            "max_flops": self.max_flops,
             "expression_max_length": self.expression_max_length,
             "expression_max_nodes": self.expression_max_nodes,
             "expression_max_depth": self.expression_max_depth,

@@ -79,12 +79,16 @@ class ActivationRequest(ComputeRequest):
     )
     second_order: bool = Field(False, description="Also return the elementwise f''.")
     jacobian: bool = Field(False, description="Also return d output / d input.")
+    tangent: Tensor | None = Field(
+        None, description="A direction of the input's shape: also return the Jacobian-vector product along it."
+    )
 
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
                 {"input": [-2.0, 0.0, 2.0], "second_order": True},
                 {"input": [1.0, 2.0, 3.0], "params": {"dim": 0}, "jacobian": True},
+                {"input": [1.0, 2.0, 3.0], "params": {"dim": 0}, "tangent": [1.0, 0.0, 0.0]},
             ]
         }
     )
@@ -95,6 +99,7 @@ class ActivationResponse(BaseModel):
     grad: TensorOut = Field(description="grad_output^T (d output / d input).")
     grad2: TensorOut | None = Field(description="Elementwise second derivative, when asked.")
     jacobian: TensorOut | None = Field(description="Shape output.shape + input.shape.")
+    jvp: TensorOut | None = Field(None, description="(d output / d input) tangent, when a tangent is sent.")
     meta: Meta
 
 
@@ -157,7 +162,19 @@ class LossCatalog(BaseModel):
     losses: list[LossInfo]
 
 
-DerivativeName = Literal["grad", "jacobian", "hessian"]
+DerivativeName = Literal["grad", "jacobian", "hessian", "jvp", "hvp"]
+SHAPE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "title": "TensorShape",
+    "description": "What a dry run returns in place of a tensor: its shape and dtype.",
+    "properties": {
+        "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+        "dtype": {"type": "string"},
+    },
+    "required": ["shape", "dtype"],
+    "additionalProperties": False,
+}
+DerivativeOut = Annotated[Any, WithJsonSchema({"title": "DerivativeOut", "anyOf": [TENSOR_SCHEMA, SHAPE_SCHEMA]})]
 
 
 class DifferentiateRequest(ComputeRequest):
@@ -173,6 +190,20 @@ class DifferentiateRequest(ComputeRequest):
         default_factory=lambda: list[DerivativeName](["grad"]), description="Which derivatives to return."
     )
     grad_output: Tensor | None = Field(None, description="Cotangent for grad of a non-scalar value; ones by default.")
+    tangents: dict[str, Tensor] | None = Field(
+        None,
+        description="Directions for jvp and hvp: {wrt input: tensor of its shape}; inputs left out get zeros.",
+    )
+    batch: list[str] | None = Field(
+        None,
+        description="Inputs whose leading dimension is a batch of points: the formula is written for one point, "
+        "and the value and every derivative gain that leading dimension (as torch.func.vmap); grad_output and "
+        "tangents are then per point too.",
+    )
+    dry_run: bool = Field(
+        False,
+        description="Compute nothing: return each result's shape and dtype, and the estimated cost.",
+    )
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -187,16 +218,46 @@ class DifferentiateRequest(ComputeRequest):
                     "inputs": {"x": [[0.5, -1.0, 2.0]], "w": [[0.1, 0.2, 0.3], [-0.3, 0.2, 0.1]]},
                     "wrt": ["w"],
                 },
+                {
+                    "expression": "(x[0] ** 2 + x[1] - 11) ** 2 + (x[0] + x[1] ** 2 - 7) ** 2",
+                    "inputs": {"x": [3.0, 2.0]},
+                    "derivatives": ["jvp", "hvp"],
+                    "tangents": {"x": [1.0, 0.0]},
+                },
+                {
+                    "expression": "(x[0] ** 2 + x[1] - 11) ** 2 + (x[0] + x[1] ** 2 - 7) ** 2",
+                    "inputs": {"x": [[3.0, 2.0], [0.0, 0.0], [-2.805118, 3.131312]]},
+                    "batch": ["x"],
+                    "derivatives": ["grad", "hessian"],
+                },
+                {
+                    "expression": "sum(W @ W @ W)",
+                    "inputs": {"W": [[1.0, 2.0], [3.0, 4.0]]},
+                    "dry_run": True,
+                },
             ]
         }
     )
 
 
+class Cost(BaseModel):
+    flops: int = Field(
+        description="Estimated work: multiply-adds of matrix products, and one per element each other "
+        "operation reads or writes."
+    )
+    bytes: int = Field(description="Estimated peak memory of the tensors alive at once, inputs included.")
+
+
 class DifferentiateResponse(BaseModel):
-    value: TensorOut
-    grad: dict[str, TensorOut] | None
-    jacobian: dict[str, TensorOut] | None = Field(description="Per input: value.shape + input.shape.")
-    hessian: dict[str, dict[str, TensorOut]] | None = Field(description="Blocks per pair of wrt inputs.")
+    value: DerivativeOut
+    grad: dict[str, DerivativeOut] | None = Field(description="Per wrt input: the vector-Jacobian product.")
+    jacobian: dict[str, DerivativeOut] | None = Field(description="Per input: value.shape + input.shape.")
+    hessian: dict[str, dict[str, DerivativeOut]] | None = Field(description="Blocks per pair of wrt inputs.")
+    jvp: DerivativeOut | None = Field(None, description="The Jacobian-vector product along tangents (value's shape).")
+    hvp: dict[str, DerivativeOut] | None = Field(
+        None, description="Per wrt input: the Hessian of the scalar value times the tangents."
+    )
+    cost: Cost | None = Field(None, description="A dry run's estimate of the work and peak memory.")
     meta: Meta
 
 

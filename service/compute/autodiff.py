@@ -1,4 +1,5 @@
-"""Derivatives shared by every endpoint: VJPs, elementwise second derivatives, Jacobians."""
+"""Derivatives shared by every endpoint: VJPs, JVPs, Hessian-vector products, elementwise second
+derivatives, Jacobians."""
 
 from __future__ import annotations
 
@@ -77,19 +78,36 @@ def value_and_vjp_many(
     return y.detach(), tuple(grads)
 
 
-def jacobians(fn: MultiFn, xs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-    """d fn / d x for every x, each of shape ``fn(*xs).shape + x.shape`` (reverse mode)."""
-    argnums = tuple(range(len(xs)))
-    blocks = torch.func.jacrev(fn, argnums=argnums)(*(x.detach() for x in xs))
-    return tuple(blocks)
+def value_and_jvp(
+    fn: MultiFn, xs: tuple[torch.Tensor, ...], tangents: tuple[torch.Tensor, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``fn(*xs)`` and the Jacobian-vector product ``sum_i d fn / d x_i . tangents_i``: forward
+    mode, one pass carrying the tangents beside the values."""
+    if not xs:
+        return fn().detach(), torch.zeros_like(fn())
+    value, jvp = torch.func.jvp(fn, tuple(x.detach() for x in xs), tangents)[:2]
+    return value.detach(), jvp.detach()
 
 
-def hessians(fn: MultiFn, xs: tuple[torch.Tensor, ...]) -> tuple[tuple[torch.Tensor, ...], ...]:
-    """The blocks d^2 fn / dx_i dx_j of a scalar fn, each of shape ``x_i.shape + x_j.shape``.
-
-    Reverse over reverse (jacrev of jacrev): fn itself never runs under vmap, so the input
-    checks inside it (class indices and the like) keep working.
-    """
-    argnums = tuple(range(len(xs)))
-    blocks = torch.func.jacrev(torch.func.jacrev(fn, argnums=argnums), argnums=argnums)(*(x.detach() for x in xs))
-    return tuple(tuple(row) for row in blocks)
+def hvps(fn: MultiFn, xs: tuple[torch.Tensor, ...], tangents: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """``H v`` per input, for the Hessian H of the sum of ``fn``'s values (a scalar, or one scalar
+    per point of a batch whose points are independent), without forming H: a backward pass that
+    keeps its graph, then a second one through the gradient, weighted by the tangents."""
+    leaves = tuple(x.detach().requires_grad_(True) for x in xs)
+    zeros = tuple(torch.zeros_like(x) for x in xs)
+    with torch.enable_grad():
+        total = fn(*leaves).sum()
+        if not total.requires_grad:
+            return zeros
+        grads = torch.autograd.grad(total, leaves, create_graph=True, allow_unused=True, materialize_grads=True)
+        pairs = [(grad, tangent) for grad, tangent in zip(grads, tangents, strict=True) if grad.requires_grad]
+        if not pairs:  # every gradient is constant: the Hessian is zero
+            return zeros
+        products = torch.autograd.grad(
+            [grad for grad, _ in pairs],
+            leaves,
+            [tangent for _, tangent in pairs],
+            allow_unused=True,
+            materialize_grads=True,
+        )
+    return tuple(product.detach() for product in products)

@@ -121,3 +121,12 @@ def is_torch_refusal(exc: BaseException) -> bool:
 @functools.lru_cache(maxsize=1024)
 def _instruction_at(code: CodeType, offset: int) -> str:
     return next((i.opname for i in dis.get_instructions(code) if i.offset == offset), "")
+
+
+def concrete(tensor: torch.Tensor) -> torch.Tensor | None:
+    """The values behind ``tensor``, for a check on data: under torch.func transforms (vmap over
+    a batch of points, jacrev) the plain tensor holding every point; None on the meta device,
+    where there are shapes but no values to check."""
+    while torch._C._functorch.is_functorch_wrapped_tensor(tensor):
+        tensor = torch._C._functorch.get_unwrapped(tensor)
+    return None if tensor.is_meta else tensor

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -17,6 +18,7 @@ from service.api.endpoints._context import ComputeContext
 from service.api.endpoints._settings import settings_of
 from service.api.responses import JSONBytesResponse, dump_json
 from service.api.schemas import ComputeRequest
+from service.compute.budgets import Deadline
 from service.compute.runtime import out_of_memory
 from service.config import Settings
 from service.errors import DeadlineExceeded
@@ -59,19 +61,24 @@ async def compute_response(
     op: str,
     inline: bool,
     enforce_deadline: bool = True,
+    interruptible: bool = False,
 ) -> JSONBytesResponse:
     """Decode, compute and encode: ``compute`` returns the response fields (wire-encoded through
     its context), to which ``meta`` is added. The time goes to the ``op``'s compute metric; a
     computation that ends past the request's time budget is a 504 (unless ``enforce_deadline``
-    is off, for a stream that reports the deadline in its result)."""
+    is off, for a stream that reports the deadline in its result). An ``interruptible``
+    computation in the compute pool is stopped at its first torch operation past the budget."""
     settings = settings_of(request)
     deadline = request_deadline(request)
     histogram = request.app.metrics.compute_histogram(op)
 
     def job() -> bytes:
         ctx = ComputeContext.of(body, settings)
+        watch = Deadline(deadline, settings.request_timeout_s) if interruptible and not inline else nullcontext()
         try:
-            return dump_json({**compute(ctx), "meta": ctx.meta()})
+            with watch:
+                fields = compute(ctx)
+            return dump_json({**fields, "meta": ctx.meta()})
         except torch.OutOfMemoryError as exc:  # moving the inputs to the GPU can run out too
             raise out_of_memory("this request") from exc
         finally:
@@ -96,11 +103,22 @@ class Call(Generic[Body]):
     inline: bool
 
     async def respond(
-        self, compute: Callable[[ComputeContext], dict[str, Any]], *, op: str, enforce_deadline: bool = True
+        self,
+        compute: Callable[[ComputeContext], dict[str, Any]],
+        *,
+        op: str,
+        enforce_deadline: bool = True,
+        interruptible: bool = False,
     ) -> JSONBytesResponse:
         """``compute_response`` for this call."""
         return await compute_response(
-            self.request, self.body, compute, op=op, inline=self.inline, enforce_deadline=enforce_deadline
+            self.request,
+            self.body,
+            compute,
+            op=op,
+            inline=self.inline,
+            enforce_deadline=enforce_deadline,
+            interruptible=interruptible,
         )
 
 

@@ -47,7 +47,7 @@ def list_activations() -> ActivationCatalog:
 )
 async def activation(name: ActivationName, request: Request) -> JSONBytesResponse:
     # A small body can ask for a large Jacobian: never on the event loop.
-    call = await accept(request, ActivationRequest, offload=lambda body: body.jacobian)
+    call = await accept(request, ActivationRequest, offload=lambda body: body.jacobian or body.tangent is not None)
     body, settings = call.body, call.settings
     spec = ACTIVATIONS.get(name)
     params = validate_params(spec, body.params)
@@ -60,6 +60,7 @@ async def activation(name: ActivationName, request: Request) -> JSONBytesRespons
             grad_output=ctx.optional_tensor(body.grad_output, "grad_output"),
             second_order=body.second_order,
             want_jacobian=body.jacobian,
+            tangent=ctx.optional_tensor(body.tangent, "tangent"),
             max_jacobian_elements=settings.max_jacobian_elements,
         )
         return {
@@ -67,6 +68,7 @@ async def activation(name: ActivationName, request: Request) -> JSONBytesRespons
             "grad": ctx.wire(result.grad),
             "grad2": ctx.wire(result.grad2),
             "jacobian": ctx.wire(result.jacobian),
+            "jvp": ctx.wire(result.jvp),
         }
 
-    return await call.respond(compute, op=f"activation/{name}")
+    return await call.respond(compute, op=f"activation/{name}", interruptible=True)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import torch
 from fastapi import APIRouter, Request
 
 from service.api.endpoints import ComputeContext, accept, expression_limits
 from service.api.openapi import AUTH_RESPONSES, compute_post
 from service.api.responses import JSONBytesResponse
 from service.api.schemas import DifferentiateRequest, DifferentiateResponse, FunctionCatalog, FunctionInfo
-from service.compute.expressions.differentiate import differentiate
+from service.compute.budgets import check_cost
+from service.compute.expressions.differentiate import Derivatives, Signature, differentiate, dry_run, tensor_type
 from service.compute.expressions.language import OPERATORS, compile_program
 from service.compute.ops.functions import FUNCTIONS
 
@@ -33,7 +36,7 @@ def list_functions() -> FunctionCatalog:
     "/v1/differentiate",
     DifferentiateRequest,
     DifferentiateResponse,
-    summary="Value, gradient, Jacobian and Hessian of a formula",
+    summary="Value, gradient, Jacobian, Hessian, JVP and Hessian-vector products of a formula",
 )
 async def differentiate_expression(request: Request) -> JSONBytesResponse:
     # Never inline: even a small body can describe a long computation.
@@ -46,29 +49,60 @@ async def differentiate_expression(request: Request) -> JSONBytesResponse:
             body.expression, frozenset(body.inputs), ctx.dtype, ctx.device, limits, settings.max_elements
         )
         inputs = {name: ctx.tensor(value, f"inputs.{name}", _kind(value)) for name, value in body.inputs.items()}
+        tangents = None
+        if body.tangents is not None:
+            tangents = {name: ctx.tensor(value, f"tangents.{name}") for name, value in body.tangents.items()}
+        grad_output = ctx.optional_tensor(body.grad_output, "grad_output")
+        signature = Signature(
+            body.expression,
+            ctx.dtype,
+            tuple((name, tensor_type(tensor)) for name, tensor in inputs.items()),
+            None if body.wrt is None else tuple(body.wrt),
+            tuple(body.derivatives),
+            None if grad_output is None else tensor_type(grad_output),
+            None if tangents is None else tuple((name, tensor_type(tensor)) for name, tensor in tangents.items()),
+            None if body.batch is None else tuple(body.batch),
+            settings.max_jacobian_elements,
+            settings.max_elements,
+            limits,
+        )
+        shapes, cost = dry_run(signature)
+        if body.dry_run:
+            return {**_results(shapes, _shape_of), "cost": cost.public()}
+        check_cost(cost, max_flops=settings.max_flops, max_elements=settings.max_elements)
         result = differentiate(
             program,
             inputs,
             body.wrt,
             body.derivatives,
-            grad_output=ctx.optional_tensor(body.grad_output, "grad_output"),
+            grad_output=grad_output,
+            tangents=tangents,
+            batch=body.batch,
             max_entries=settings.max_jacobian_elements,
         )
+        return _results(result, ctx.wire)
 
-        def wire_map(tensors: dict[str, Any] | None) -> dict[str, Any] | None:
-            return None if tensors is None else {name: ctx.wire(tensor) for name, tensor in tensors.items()}
+    return await call.respond(compute, op="differentiate", interruptible=True)
 
-        hessian = None
-        if result.hessian is not None:
-            hessian = {row: wire_map(blocks) for row, blocks in result.hessian.items()}
-        return {
-            "value": ctx.wire(result.value),
-            "grad": wire_map(result.grad),
-            "jacobian": wire_map(result.jacobian),
-            "hessian": hessian,
-        }
 
-    return await call.respond(compute, op="differentiate")
+def _results(result: Derivatives, out: Callable[[torch.Tensor], Any]) -> dict[str, Any]:
+    """The response's fields, each tensor written by ``out``."""
+
+    def each(tensors: dict[str, torch.Tensor] | None) -> dict[str, Any] | None:
+        return None if tensors is None else {name: out(tensor) for name, tensor in tensors.items()}
+
+    return {
+        "value": out(result.value),
+        "grad": each(result.grad),
+        "jacobian": each(result.jacobian),
+        "hessian": None if result.hessian is None else {row: each(blocks) for row, blocks in result.hessian.items()},
+        "jvp": None if result.jvp is None else out(result.jvp),
+        "hvp": each(result.hvp),
+    }
+
+
+def _shape_of(tensor: torch.Tensor) -> dict[str, Any]:
+    return {"shape": list(tensor.shape), "dtype": str(tensor.dtype).removeprefix("torch.")}
 
 
 def _kind(value: Any) -> Any:

@@ -15,6 +15,7 @@ from service.compute.autodiff import (
     check_jacobian_size,
     elementwise_second_derivative,
     jacobian,
+    value_and_jvp,
     value_and_vjp,
 )
 from service.compute.ops.registry import FLOAT32_MAX, Param, ParamValue, Registry, Rule, defaults
@@ -276,6 +277,7 @@ class ActivationResult(NamedTuple):
     grad: torch.Tensor
     grad2: torch.Tensor | None
     jacobian: torch.Tensor | None
+    jvp: torch.Tensor | None = None
 
 
 def evaluate_activation(
@@ -286,9 +288,11 @@ def evaluate_activation(
     grad_output: torch.Tensor | None = None,
     second_order: bool = False,
     want_jacobian: bool = False,
+    tangent: torch.Tensor | None = None,
     max_jacobian_elements: int,
 ) -> ActivationResult:
-    """The activation's value, its VJP, and on request f'' and the full Jacobian."""
+    """The activation's value, its VJP, and on request f'', the full Jacobian and the
+    Jacobian-vector product along ``tangent`` (forward mode)."""
     if second_order and not spec.elementwise:
         raise InvalidInput(
             f"{spec.name} is not elementwise, so it has no elementwise second derivative; "
@@ -315,7 +319,16 @@ def evaluate_activation(
         if want_jacobian:
             check_jacobian_size(output.shape, x.shape, max_jacobian_elements)
             jac = jacobian(fn, x)
-    return ActivationResult(output, grad, grad2, jac)
+        jvp = None
+        if tangent is not None:
+            if tangent.shape != x.shape:
+                raise InvalidInput(
+                    f"tangent has shape {list(tangent.shape)}, but input has shape {list(x.shape)}.",
+                    error_type="shape_mismatch",
+                    where="tangent",
+                )
+            jvp = value_and_jvp(fn, (x,), (tangent,))[1]
+    return ActivationResult(output, grad, grad2, jac, jvp)
 
 
 SMALL_ONES = 64

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from service.compute.ops.registry import Param, ParamValue, Registry, Rule, defaults
-from service.compute.runtime import torch_errors
+from service.compute.runtime import concrete, torch_errors
 from service.errors import InvalidInput
 
 TargetKind = Literal["float", "index", "float_or_index", "none"]
@@ -87,7 +87,8 @@ def _elementwise(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]
 
 def check_unit_interval(input: torch.Tensor, target: torch.Tensor | None, params: Mapping[str, Any]) -> None:
     for name, tensor in (("input", input), ("target", target)):
-        if tensor is not None and not bool(((tensor >= 0) & (tensor <= 1)).all()):
+        values = None if tensor is None else concrete(tensor)
+        if values is not None and not bool(((values >= 0) & (values <= 1)).all()):
             raise InvalidInput(
                 f"binary_cross_entropy needs {name} values in [0, 1] (probabilities); "
                 "use binary_cross_entropy_with_logits for logits.",
@@ -170,11 +171,14 @@ def check_classes(input: torch.Tensor, target: torch.Tensor | None, params: Mapp
         return
     classes = _class_count(input)
     ignore = params.get("ignore_index", -100)
-    bad = ((target < 0) | (target >= classes)) & (target != ignore)
+    values = concrete(target)
+    if values is None:
+        return
+    bad = ((values < 0) | (values >= classes)) & (values != ignore)
     if bool(bad.any()):
         position = [int(i) for i in bad.nonzero()[0].tolist()]
         raise InvalidInput(
-            f"target holds class index {int(target[tuple(position)])} at {position}, "
+            f"target holds class index {int(values[tuple(position)])} at {position}, "
             f"outside [0, {classes}) (and not ignore_index={ignore}).",
             error_type="class_index_out_of_range",
             where=f"target{''.join(f'[{i}]' for i in position)}",
@@ -505,13 +509,16 @@ def resolve_target(spec: LossSpec, input: torch.Tensor, target: torch.Tensor | N
             error_type="shape_mismatch",
         )
     if target.is_floating_point():
-        if not bool(torch.isfinite(target).all()) or bool((target.abs() >= 2**62).any()):
+        values = concrete(target)
+        if values is None:  # shapes only: nothing to check
+            return target.to(torch.int64)
+        if not bool(torch.isfinite(values).all()) or bool((values.abs() >= 2**62).any()):
             raise InvalidInput(
                 f"{spec.name} needs class indices in target; got non-finite or out-of-range values.",
                 error_type="invalid_dtype",
                 where="target",
             )
-        if not bool((target == target.round()).all()):
+        if not bool((values == values.round()).all()):
             raise InvalidInput(
                 f"{spec.name} needs integer class indices in target, got fractional values.",
                 error_type="invalid_dtype",
