@@ -58,6 +58,8 @@ class CostMeter(TorchDispatchMode):
         if any(r.alias_info is not None and not r.alias_info.is_write for r in returns):
             return out  # a view: no work, no memory
         outputs = _tensors(out)
+        if not outputs:
+            return out  # a question about metadata (sizes, storage): no work
         matmul = flop_registry.get(func._overloadpacket)
         if matmul is not None:
             self.flops += int(matmul(*args, **kwargs, out_val=out))
@@ -129,15 +131,16 @@ class Deadline(TorchDispatchMode):  # type: ignore[no-untyped-call]
     (a ``time.monotonic()`` instant), so that a computation ends soon after its time budget
     and frees its compute slot."""
 
-    def __init__(self, at: float, budget_s: float) -> None:
+    def __init__(self, at: float, budget_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.at = at
         self.budget_s = budget_s
+        self.clock = clock
 
     def __torch_dispatch__(
         self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
     ) -> Any:
-        if time.monotonic() > self.at:
+        if self.clock() > self.at:
             raise DeadlineExceeded(
                 f"The request's time budget of {self.budget_s:g} s ran out while computing; "
                 "send less, or ask a dry run for the cost first."

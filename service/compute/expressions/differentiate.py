@@ -4,6 +4,7 @@ point or at a batch of points."""
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -19,6 +20,10 @@ from service.errors import InvalidInput, check_limit
 Derivative = Literal["grad", "jacobian", "hessian", "jvp", "hvp"]
 DERIVATIVES: tuple[Derivative, ...] = ("grad", "jacobian", "hessian", "jvp", "hvp")
 TensorMap = dict[str, torch.Tensor]
+
+# torch's own, harmless: the batching rules of some losses (mse_loss under vmap, for a batch of
+# points) resize their outputs, which torch warns is deprecated; the values are right (tested).
+warnings.filterwarnings("ignore", "An output with one or more elements was resized", UserWarning)
 
 
 @dataclass(frozen=True)
@@ -216,8 +221,10 @@ def _batch_size(inputs: Mapping[str, torch.Tensor], batch: Sequence[str] | None)
 
 
 def _expand(x: torch.Tensor, size: int) -> torch.Tensor:
-    """A shared input, as one copy per point (without copying): each point gets its derivative."""
-    return x.expand(size, *x.shape)
+    """A shared input, as one copy per point, so that each point gets its own derivative (a
+    real copy: backward passes write into their inputs' shapes, which a broadcast view cannot
+    hold)."""
+    return x.expand(size, *x.shape).contiguous()
 
 
 def _tangents(
