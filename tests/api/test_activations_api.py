@@ -213,3 +213,19 @@ def test_chunked_body_over_the_limit(make_client: ClientFactory) -> None:
 
     response = limited.post("/v1/activations/relu", content=chunks(), headers={"content-type": "application/json"})
     assert_error(response, 413, "body_too_large")
+
+
+def test_a_tangent_gives_the_jacobian_vector_product(client: AppClient) -> None:
+    x = [1.0, 2.0, 3.0]
+    body = {"input": x, "params": {"dim": 0}, "tangent": [1.0, 0.0, 0.0], "dtype": "float64", "jacobian": True}
+    data = client.post("/v1/activations/softmax", json=body).json()
+    jacobian = torch.tensor(data["jacobian"], dtype=torch.float64)
+    torch.testing.assert_close(torch.tensor(data["jvp"], dtype=torch.float64), jacobian[:, 0], rtol=1e-12, atol=1e-12)
+    plain = client.post("/v1/activations/softmax", json={"input": x, "params": {"dim": 0}}).json()
+    assert plain["jvp"] is None
+
+
+def test_a_tangent_of_another_shape_is_a_400(client: AppClient) -> None:
+    body = {"input": [1.0, 2.0, 3.0], "tangent": [1.0, 0.0]}
+    error = assert_error(client.post("/v1/activations/tanh", json=body), 400, "shape_mismatch")
+    assert error["where"] == "tangent"

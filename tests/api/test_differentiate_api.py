@@ -184,10 +184,128 @@ def test_booleans_or_integers_where_floats_are_needed_are_400s(client: AppClient
     assert response.status_code == 400, response.text
 
 
+FUZZ_DERIVATIVES = [["grad"], ["grad", "jacobian"], ["hessian"], ["jvp"], ["grad", "hvp"]]
+
+
 @settings(max_examples=examples(150), suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(FUZZED_SOURCES, st.sampled_from([["grad"], ["grad", "jacobian"], ["hessian"]]))
-def test_fuzzed_expressions_over_http_never_5xx(client: AppClient, source: str, derivatives: list[str]) -> None:
-    body = {"expression": source, "inputs": FUZZ_BODY_INPUTS, "derivatives": derivatives, "dtype": "float64"}
+@given(FUZZED_SOURCES, st.sampled_from(FUZZ_DERIVATIVES), st.booleans())
+def test_fuzzed_expressions_over_http_never_5xx(
+    client: AppClient, source: str, derivatives: list[str], dry_run: bool
+) -> None:
+    body: dict[str, Any] = {"expression": source, "inputs": FUZZ_BODY_INPUTS, "derivatives": derivatives}
+    body |= {"dtype": "float64", "dry_run": dry_run}
+    if {"jvp", "hvp"} & set(derivatives):
+        body["tangents"] = {"x": [1.0, 0.5]}
     response = client.post("/v1/differentiate", json=body, headers={"content-type": "application/json"})
     assert_clean_answer(response)
     event(str(response.status_code))
+
+
+# --- Forward mode, Hessian-vector products, batches, dry runs and the compute limit.
+
+HIMMELBLAU_AT_MINIMUM = {"expression": HIMMELBLAU, "inputs": {"x": [3.0, 2.0]}, "dtype": "float64"}
+
+
+def test_jvp_and_hvp_over_http(client: AppClient) -> None:
+    body = {**HIMMELBLAU_AT_MINIMUM, "derivatives": ["jvp", "hvp"], "tangents": {"x": [1.0, 0.0]}}
+    data = client.post("/v1/differentiate", json=body).json()
+    assert data["jvp"] == 0.0
+    assert data["hvp"] == {"x": [74.0, 20.0]}
+    assert data["grad"] is None and data["hessian"] is None and data["cost"] is None
+
+
+def test_a_batch_in_base64_equals_torch_func_vmap(client: AppClient) -> None:
+    generator = torch.Generator().manual_seed(11)
+    points = torch.rand(1_000, 2, generator=generator, dtype=torch.float64) * 10 - 5
+    tangents = torch.randn(1_000, 2, generator=generator, dtype=torch.float64)
+    body = {
+        "expression": HIMMELBLAU,
+        "inputs": {"x": to_base64(points)},
+        "batch": ["x"],
+        "derivatives": ["grad", "hessian", "jvp", "hvp"],
+        "tangents": {"x": to_base64(tangents)},
+        "dtype": "float64",
+        "encoding": "base64",
+    }
+    data = client.post("/v1/differentiate", json=body).json()
+
+    def himmelblau(x: torch.Tensor) -> torch.Tensor:
+        return (x[0] ** 2 + x[1] - 11) ** 2 + (x[0] + x[1] ** 2 - 7) ** 2
+
+    hessians = torch.func.vmap(torch.func.hessian(himmelblau))(points)
+    assert torch.equal(from_wire(data["value"]), torch.func.vmap(himmelblau)(points))
+    torch.testing.assert_close(from_wire(data["grad"]["x"]), torch.func.vmap(torch.func.grad(himmelblau))(points))
+    torch.testing.assert_close(from_wire(data["hessian"]["x"]["x"]), hessians, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(from_wire(data["hvp"]["x"]), torch.einsum("bij,bj->bi", hessians, tangents))
+    jvp = torch.func.vmap(lambda p, t: torch.func.jvp(himmelblau, (p,), (t,))[1])(points, tangents)
+    torch.testing.assert_close(from_wire(data["jvp"]), jvp, rtol=1e-12, atol=1e-12)
+
+
+def test_a_dry_run_answers_shapes_dtypes_and_cost(client: AppClient) -> None:
+    body = {
+        "expression": "sum(W @ W @ W)",
+        "inputs": {"W": [[1.0, 2.0], [3.0, 4.0]]},
+        "derivatives": ["grad", "hessian", "jvp"],
+        "tangents": {"W": [[1.0, 0.0], [0.0, 0.0]]},
+        "dry_run": True,
+    }
+    data = client.post("/v1/differentiate", json=body).json()
+    assert data["value"] == {"shape": [], "dtype": "float32"}
+    assert data["grad"] == {"W": {"shape": [2, 2], "dtype": "float32"}}
+    assert data["hessian"] == {"W": {"W": {"shape": [2, 2, 2, 2], "dtype": "float32"}}}
+    assert data["jvp"] == {"shape": [], "dtype": "float32"}
+    assert set(data["cost"]) == {"flops", "bytes"}
+    assert data["cost"]["flops"] >= 2 * 2 * 2**3  # the two forward products alone
+    assert data["cost"]["bytes"] >= 2 * 4 * 4  # W and its tangent in float32
+
+
+def test_over_the_compute_limit_is_a_413_before_anything_runs(
+    make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    limited = make_client(max_flops=1_000_000)
+    body = {"expression": "sum(W @ W @ W)", "inputs": {"W": to_base64(torch.ones(100, 100))}}
+
+    def must_not_run(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("computed despite the limit")
+
+    monkeypatch.setattr("service.api.routes.differentiate.differentiate", must_not_run)
+    error = assert_error(limited.post("/v1/differentiate", json=body), 413, "compute_too_large")
+    assert error["limit"] == 1_000_000
+    assert error["estimate"] >= 2 * 2 * 100**3
+    assert str(error["estimate"]) in error["message"]
+    dry = limited.post("/v1/differentiate", json={**body, "dry_run": True}).json()
+    assert dry["cost"]["flops"] == error["estimate"]  # a dry run tells it without refusing
+    assert limited.get("/v1/info").json()["limits"]["max_flops"] == 1_000_000
+
+
+POINTS = {"x": [[3.0, 2.0], [0.0, 0.0]]}
+
+
+@pytest.mark.parametrize(
+    ("body", "error_type"),
+    [
+        ({"inputs": {"x": [3.0, 2.0]}, "derivatives": ["jvp"], "tangents": {"x": [1.0]}}, "shape_mismatch"),
+        ({"inputs": {"x": [3.0, 2.0]}, "derivatives": ["hvp"]}, "missing_tangents"),
+        ({"inputs": {"x": [3.0, 2.0]}, "tangents": {"x": [1.0, 0.0]}}, "invalid_tangents"),
+        ({"inputs": POINTS, "derivatives": ["hvp"], "tangents": {"x": [1.0, 0.0]}}, "shape_mismatch"),
+        ({"inputs": {"x": 1.0}, "batch": ["x"]}, "invalid_batch"),
+        ({"inputs": {**POINTS, "y": [1.0, 2.0, 3.0]}, "batch": ["x", "y"]}, "batch_mismatch"),
+        ({"inputs": POINTS, "batch": ["z"]}, "unknown_name"),
+        ({"inputs": POINTS, "batch": ["x"], "grad_output": [1.0]}, "shape_mismatch"),
+        ({"inputs": {"x": [3.0, 2.0]}, "tangents": {"x": [[1.0, 0.0]]}, "derivatives": ["jvp"]}, "shape_mismatch"),
+    ],
+)
+def test_bad_derivative_requests_are_400s(client: AppClient, body: dict[str, Any], error_type: str) -> None:
+    response = client.post("/v1/differentiate", json={"expression": HIMMELBLAU, **body})
+    assert_error(response, 400, error_type)
+
+
+def test_hvp_of_a_vector_value_is_a_400(client: AppClient) -> None:
+    body = {"expression": "x * 2", "inputs": {"x": [1.0, 2.0]}, "derivatives": ["hvp"], "tangents": {"x": [1, 1]}}
+    assert_error(client.post("/v1/differentiate", json=body), 400, "not_scalar")
+
+
+def test_new_fields_are_validated_by_the_schema(client: AppClient) -> None:
+    for extra in ({"batch": "x"}, {"dry_run": "yes"}, {"tangents": [1.0]}, {"derivatives": ["vjp"]}):
+        response = client.post("/v1/differentiate", json={**HIMMELBLAU_AT_MINIMUM, **extra})
+        assert_error(response, 422, "validation_error")

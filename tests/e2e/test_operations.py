@@ -11,9 +11,10 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
+import torch
 
 from tests.e2e.serving import Server, running_server
-from tests.helpers import assert_error
+from tests.helpers import assert_error, to_base64
 
 pytestmark = pytest.mark.e2e
 
@@ -128,3 +129,30 @@ def test_two_workers_serve_and_stop_cleanly(tmp_path: Path) -> None:
             line.split("[")[-1].rstrip("]") for line in log.read_text().splitlines() if "Started server process" in line
         }
         assert len(pids) == 2  # two worker processes served
+
+
+def test_a_long_computation_ends_at_its_budget_and_frees_its_slot(tmp_path: Path) -> None:
+    """A chain of products of 1000 x 1000 matrices (an 8 MB input, within every size limit) and
+    its gradient take several seconds of one thread; with a 2 s budget the request ends with a
+    504 at most 1 s past it, and the only compute slot is free at once for the next request (no
+    queue: a slot still held would answer 503)."""
+    matrix = torch.randn(1000, 1000, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) / 40
+    lines = ["a0 = tanh(W @ W)", *(f"a{i} = tanh(a{i - 1} @ W)" for i in range(1, 40)), "sum(a39)"]
+    body = {"expression": "\n".join(lines), "inputs": {"W": to_base64(matrix)}, "dtype": "float64"}
+    with running_server(
+        tmp_path / "server.log",
+        GRADIENT_MAX_CONCURRENCY="1",
+        GRADIENT_MAX_QUEUE="0",
+        GRADIENT_REQUEST_TIMEOUT_S="2",
+        GRADIENT_MAX_FLOPS=str(10**15),
+    ) as (base, *_):
+        started = time.monotonic()
+        response = httpx.post(f"{base}/v1/differentiate", json=body, timeout=120)
+        elapsed = time.monotonic() - started
+        assert_error(response, 504, "deadline_exceeded")
+        assert "while computing" in response.json()["error"]["message"]
+        assert elapsed < 2 + 1, f"answered {elapsed:.2f} s after it was sent"
+        small = {"expression": "sum(x * x)", "inputs": {"x": [1.0, 2.0]}}
+        after = httpx.post(f"{base}/v1/differentiate", json=small, timeout=60)
+        assert after.status_code == 200, after.text
+        assert after.json()["grad"] == {"x": [2.0, 4.0]}

@@ -80,7 +80,7 @@ async def differentiate_expression(request: Request) -> JSONBytesResponse:
             batch=body.batch,
             max_entries=settings.max_jacobian_elements,
         )
-        return _results(result, ctx.wire)
+        return {**_results(result, ctx.wire), "cost": None}
 
     return await call.respond(compute, op="differentiate", interruptible=True)
 
