@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from service.compute.expressions.differentiate import differentiate, dry_run
+from service.compute.expressions.language import Limits, compile_program
 from service.compute.ops.activations import ActivationSample, ActivationSpec
 from service.compute.ops.losses import LossSample, LossSpec
 from service.compute.optimisation import Objective, Schedule, optimize
@@ -12,6 +14,8 @@ from service.compute.optimisation.objectives import OBJECTIVES
 from service.compute.optimisation.optimizers import OPTIMIZERS, OptimizerSpec
 from tests.api.test_losses_api import wire_body
 from tests.compute.test_activations import CASES, sample_input
+from tests.compute.test_budgets import signature
+from tests.compute.test_derivatives import HIMMELBLAU
 from tests.compute.test_losses import CASES as LOSS_CASES
 from tests.compute.test_optimize import STARTS, independent_loop
 from tests.conftest import AppClient
@@ -137,3 +141,47 @@ def test_gpu_out_of_memory_is_a_503_and_the_next_request_succeeds(client: AppCli
     assert answered.status_code == 200
     metrics = client.get("/metrics").text
     assert "gradient_gpu_memory_allocated_bytes" in metrics
+
+
+def test_batched_derivatives_on_cuda_match_cpu(client: AppClient) -> None:
+    points = torch.rand(10_000, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 10 - 5
+    body = {
+        "expression": HIMMELBLAU,
+        "inputs": {"x": points.tolist()},
+        "batch": ["x"],
+        "derivatives": ["grad", "hessian", "jvp", "hvp"],
+        "tangents": {"x": torch.ones_like(points).tolist()},
+        "dtype": "float64",
+    }
+    on_cpu = client.post("/v1/differentiate", json={**body, "device": "cpu"}).json()
+    on_cuda = client.post("/v1/differentiate", json={**body, "device": "cuda"}).json()
+    assert on_cuda["meta"]["device"] == "cuda:0"
+    for field in ("value", "jvp"):
+        torch.testing.assert_close(from_wire(on_cuda[field]), from_wire(on_cpu[field]), rtol=1e-12, atol=1e-12)
+    for field in ("grad", "hvp"):
+        expected = from_wire(on_cpu[field]["x"])
+        torch.testing.assert_close(from_wire(on_cuda[field]["x"]), expected, rtol=1e-12, atol=1e-12)
+    hessians = (from_wire(r["hessian"]["x"]["x"]) for r in (on_cuda, on_cpu))
+    torch.testing.assert_close(*hessians, rtol=1e-12, atol=1e-12)
+
+
+def test_the_estimated_peak_memory_covers_what_cuda_allocates() -> None:
+    """The dry run's bytes against the allocator's own peak, for a batch with its Hessian and a
+    chain of matrix products with its gradient: never below, and within a small factor."""
+    cuda = torch.device("cuda")
+    cases = [
+        (HIMMELBLAU, {"x": (1_000_000, 2)}, ("grad", "hessian"), ("x",)),
+        ("sum(tanh(W @ W) @ W)", {"W": (2_000, 2_000)}, ("grad",), None),
+    ]
+    for source, sizes, wanted, batch in cases:
+        inputs = {name: torch.rand(size, dtype=torch.float64, device=cuda) for name, size in sizes.items()}
+        program = compile_program(source, frozenset(inputs), torch.float64, cuda, Limits(), 10**8)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        baseline = torch.cuda.memory_allocated()
+        result = differentiate(program, inputs, None, wanted, batch=batch, max_entries=10**9)  # type: ignore[arg-type]
+        torch.cuda.synchronize()
+        measured = torch.cuda.max_memory_allocated() - baseline + sum(t.numel() * 8 for t in inputs.values())
+        del result
+        _, cost = dry_run(signature(source, inputs, wanted, batch))  # type: ignore[arg-type]
+        assert measured * 0.9 <= cost.bytes <= 4 * measured, (source, measured, cost.bytes)
