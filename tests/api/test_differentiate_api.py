@@ -185,15 +185,16 @@ def test_booleans_or_integers_where_floats_are_needed_are_400s(client: AppClient
 
 
 FUZZ_DERIVATIVES = [["grad"], ["grad", "jacobian"], ["hessian"], ["jvp"], ["grad", "hvp"]]
+FUZZ_BATCHES = [None, None, ["x"], ["x", "t"], ["y"], ["s"]]
 
 
 @settings(max_examples=examples(150), suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(FUZZED_SOURCES, st.sampled_from(FUZZ_DERIVATIVES), st.booleans())
+@given(FUZZED_SOURCES, st.sampled_from(FUZZ_DERIVATIVES), st.booleans(), st.sampled_from(FUZZ_BATCHES))
 def test_fuzzed_expressions_over_http_never_5xx(
-    client: AppClient, source: str, derivatives: list[str], dry_run: bool
+    client: AppClient, source: str, derivatives: list[str], dry_run: bool, batch: list[str] | None
 ) -> None:
     body: dict[str, Any] = {"expression": source, "inputs": FUZZ_BODY_INPUTS, "derivatives": derivatives}
-    body |= {"dtype": "float64", "dry_run": dry_run}
+    body |= {"dtype": "float64", "dry_run": dry_run, "batch": batch}
     if {"jvp", "hvp"} & set(derivatives):
         body["tangents"] = {"x": [1.0, 0.5]}
     response = client.post("/v1/differentiate", json=body, headers={"content-type": "application/json"})
