@@ -310,3 +310,15 @@ def test_new_fields_are_validated_by_the_schema(client: AppClient) -> None:
     for extra in ({"batch": "x"}, {"dry_run": "yes"}, {"tangents": [1.0]}, {"derivatives": ["vjp"]}):
         response = client.post("/v1/differentiate", json={**HIMMELBLAU_AT_MINIMUM, **extra})
         assert_error(response, 422, "validation_error")
+
+
+def test_every_openapi_example_of_differentiate_computes(client: AppClient) -> None:
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["DifferentiateRequest"]
+    assert len(schema["examples"]) >= 5
+    for example in schema["examples"]:
+        response = client.post("/v1/differentiate", json=example)
+        assert response.status_code == 200, (example, response.text)
+        data = response.json()
+        for derivative in example.get("derivatives", ["grad"]):
+            assert data[derivative] is not None, (example, derivative)
+        assert (data["cost"] is not None) == example.get("dry_run", False)
