@@ -277,7 +277,9 @@ class ExpressionObjective(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     expression: str = Field(description="A scalar-valued expression (see POST /v1/differentiate).")
-    variable: str = Field("x", description="The input being optimised.")
+    variable: str = Field(
+        "x", description="The input being optimised; the expression sees it in the shape of x0 (a row of starts)."
+    )
     inputs: dict[str, Tensor] = Field(default_factory=dict, description="Inputs held constant.")
 
 
@@ -294,19 +296,33 @@ OptimizerField = str | OptimizerChoice | Annotated[list[str | OptimizerChoice], 
 
 class OptimizeRequest(ComputeRequest):
     objective: str | ExpressionObjective = Field(description="A name from GET /v1/objectives, or an expression.")
-    x0: Tensor | None = Field(None, description="One start, shape [d].")
-    starts: Tensor | None = Field(None, description="Several starts: shape [N, d] (a list of points, or base64).")
+    x0: Tensor | None = Field(
+        None,
+        description="One start, in the variable's shape: a point [d], or a tensor with more dimensions (a "
+        "weight matrix [m, n], ...). A named objective of a fixed dimension d takes [d] only; one of any "
+        "dimension takes any shape, as its flattened vector.",
+    )
+    starts: Tensor | None = Field(
+        None,
+        description="Several starts: shape [N, *shape], N points of the variable's shape ([N, d] for vectors; "
+        "a list of points, or base64).",
+    )
     optimizer: OptimizerField = Field("adam", description="One optimizer or several; one run per start and each.")
     steps: int = Field(20_000, ge=0, description="Optimizer steps per run.")
     record_every: int = Field(2_000, ge=1, description="Trajectory sampling interval, in steps.")
-    tolerance: float | None = Field(None, ge=0, description="Stop a run once its gradient norm is at most this.")
+    tolerance: float | None = Field(
+        None, ge=0, description="Stop a run once its gradient norm (Euclidean, over every element) is at most this."
+    )
     report: Literal["runs", "summary"] = Field(
         "runs",
         description="runs: every run with its trajectory. summary: the final points, values and step counts as "
-        "tensors [runs, d], [runs] and [runs] (row i: start i // k with the i % k-th of the k optimizers listed), "
-        "the count of each stop reason, and how many runs reached each known minimum (for basins of attraction).",
+        "tensors [runs, *shape], [runs] and [runs] (row i: start i // k with the i % k-th of the k optimizers "
+        "listed), the count of each stop reason, and how many runs reached each known minimum (for basins of "
+        "attraction).",
     )
-    reach_tolerance: float = Field(1e-3, gt=0, description="Distance within which a run has reached a minimum.")
+    reach_tolerance: float = Field(
+        1e-3, gt=0, description="Distance (Euclidean, over every element) within which a run has reached a minimum."
+    )
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -325,6 +341,21 @@ class OptimizeRequest(ComputeRequest):
                     "optimizer": ["sgd", {"name": "lbfgs"}],
                     "steps": 50,
                     "tolerance": 1e-8,
+                },
+                {
+                    "objective": {
+                        "expression": "mse(sigmoid(x @ w.T), y)",
+                        "variable": "w",
+                        "inputs": {
+                            "x": [[0.5, -1.2, 0.3, 0.8, -0.4, 1.1, -0.7, 0.2, 0.9, 1.5]],
+                            "y": [[1.0, 1.0]],
+                        },
+                    },
+                    "x0": [[0.0] * 10, [0.0] * 10],
+                    "optimizer": {"name": "adam", "lr": 0.1},
+                    "steps": 200,
+                    "record_every": 50,
+                    "dtype": "float64",
                 },
             ]
         }
@@ -359,7 +390,10 @@ class KnownMinimum(BaseModel):
 class ObjectiveInfo(BaseModel):
     name: str
     formula: str
-    dimension: int | None = Field(description="The fixed dimension, or null for any d >= 1 (shown here at d = 2).")
+    dimension: int | None = Field(
+        description="The fixed dimension d (starts are points [d]), or null for any d >= 1 (shown here at d = 2; "
+        "a start of more dimensions is taken as its flattened vector)."
+    )
     domain: list[list[float]] = Field(description="[lo, hi] per coordinate: the box for plots and random starts.")
     minima: list[KnownMinimum] = Field(description="Known global minima (for himmelblau, all four).")
 
@@ -378,25 +412,39 @@ class OptimizerCatalog(BaseModel):
     optimizers: list[OptimizerInfo]
 
 
+Point = Annotated[
+    Any,
+    WithJsonSchema(
+        {
+            "title": "Point",
+            "description": "A point in the variable's shape: a list of numbers for a vector [d], nested lists "
+            "for a tensor with more dimensions.",
+            "type": "array",
+            "items": {"anyOf": [{"type": "number"}, {"type": "array"}]},
+        }
+    ),
+]
+
+
 class NearestMinimum(BaseModel):
-    x: list[float]
+    x: Point = Field(description="The known minimum, in the variable's shape.")
     value: float
-    distance: WireFloat = Field(description="Euclidean distance from the run's end.")
+    distance: WireFloat = Field(description="Euclidean distance (over every element) from the run's end.")
 
 
 class TrajectoryOut(BaseModel):
     step: list[int]
-    x: list[TensorOut]
+    x: list[TensorOut] = Field(description="The run's point at each step, in the variable's shape.")
     value: list[WireFloat]
 
 
 class RunResult(BaseModel):
     start: int = Field(description="Index of the run's start.")
     optimizer: dict[str, Any] = Field(description="The optimizer's name and every hyper-parameter it ran with.")
-    x0: TensorOut
-    x: TensorOut = Field(description="Where the run ended.")
+    x0: TensorOut = Field(description="The run's start, in the variable's shape.")
+    x: TensorOut = Field(description="Where the run ended, in the variable's shape.")
     value: WireFloat
-    grad_norm: WireFloat
+    grad_norm: WireFloat = Field(description="The gradient's Euclidean norm (over every element) at x.")
     steps: int
     stopped: Literal["max_steps", "tolerance", "diverged", "deadline"]
     trajectory: TrajectoryOut = Field(description="Every record_every-th point, and the end.")
@@ -404,14 +452,17 @@ class RunResult(BaseModel):
 
 
 class Basin(BaseModel):
-    x: list[float]
+    x: Point = Field(description="The known minimum, in the variable's shape.")
     value: float
     count: int = Field(description="Runs that ended within reach_tolerance of this minimum (and nearest it).")
 
 
 class RunSummary(BaseModel):
     optimizers: list[str]
-    x: TensorOut = Field(description="Final points [runs, d]; row i: start i // k with the i % k-th optimizer.")
+    x: TensorOut = Field(
+        description="Final points [runs, *shape] (each in the variable's shape); row i: start i // k with the "
+        "i % k-th optimizer."
+    )
     value: TensorOut = Field(description="Final values [runs].")
     steps: TensorOut = Field(description="Steps taken [runs].")
     stopped: dict[str, int] = Field(description="How many runs stopped for each reason.")

@@ -152,7 +152,8 @@ def test_expression_objective_fits_the_seed_perceptron(client: AppClient) -> Non
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(1, 10, generator=generator, dtype=torch.float64)
     w0 = torch.randn(2, 10, generator=generator, dtype=torch.float64)
-    # The variable is a point [d]: the expression reshapes it into the weight matrix.
+    # The variable as a point [d], reshaped into the weight matrix by the expression (a [2, 10]
+    # variable itself: tests/api/test_optimize_shapes_api.py).
     body = {
         "objective": {
             "expression": "W = reshape(w, 2, 10)\no = sigmoid(x @ W.T)\nmse(ones_like(o), o)",

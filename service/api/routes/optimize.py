@@ -28,7 +28,7 @@ router = APIRouter(tags=["optimisation"])
 
 
 def _objective(
-    field: str | ExpressionObjective, ctx: ComputeContext, settings: Settings, dimension: int | None, points: int = 1
+    field: str | ExpressionObjective, ctx: ComputeContext, settings: Settings, shape: tuple[int, ...], points: int = 1
 ) -> tasks.Resolved:
     """The request's objective; a formula gets its share of the element budget per point."""
     chosen: str | tasks.Formula
@@ -37,7 +37,7 @@ def _objective(
     else:
         chosen = field
     budget = max(1, settings.max_elements // points)
-    return tasks.resolve_objective(chosen, dimension, ctx.dtype, ctx.device, expression_limits(settings), budget)
+    return tasks.resolve_objective(chosen, shape, ctx.dtype, ctx.device, expression_limits(settings), budget)
 
 
 def _optimizers(field: Any) -> list[tuple[OptimizerSpec, dict[str, Any]]]:
@@ -74,7 +74,7 @@ async def optimize(request: Request) -> Response:
         limits = tasks.RunLimits(settings.max_steps, settings.max_elements, settings.max_trajectory_points)
         trajectories = body.report == "runs"
         tasks.check_runs(starts, optimizers, body.steps, body.record_every if trajectories else None, limits)
-        resolved = _objective(body.objective, ctx, settings, starts.shape[1])
+        resolved = _objective(body.objective, ctx, settings, tuple(starts.shape[1:]))
 
         def on_progress(step: int, group: RunGroup) -> None:
             assert stream is not None
@@ -87,7 +87,9 @@ async def optimize(request: Request) -> Response:
                     "x": ctx.wire(x),
                     "value": scalar_to_wire(value),
                 }
-                for start, (x, value) in enumerate(zip(group.x, group.value.tolist(), strict=True), group.first_start)
+                for start, (x, value) in enumerate(
+                    zip(group.points, group.value.tolist(), strict=True), group.first_start
+                )
             ]
             stream.progress({"step": step, "runs": runs})
 
@@ -161,7 +163,7 @@ async def landscape(request: Request) -> JSONBytesResponse:
 
     def compute(ctx: ComputeContext) -> dict[str, Any]:
         # A formula runs once per grid point (vmap), so each point gets its share of the budget.
-        resolved = _objective(body.objective, ctx, settings, 2, points=nx * ny)
+        resolved = _objective(body.objective, ctx, settings, (2,), points=nx * ny)
         result = tasks.landscape(resolved.objective, grid, body.gradient, ctx.dtype, ctx.device)
         return {
             "x": ctx.wire(result.x),
@@ -170,4 +172,4 @@ async def landscape(request: Request) -> JSONBytesResponse:
             "grad": ctx.wire(result.grad),
         }
 
-    return await call.respond(compute, op="landscape")
+    return await call.respond(compute, op="landscape", interruptible=True)

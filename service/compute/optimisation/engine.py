@@ -9,6 +9,9 @@ step with torch's fused kernel. Where tracing fails, plain autograd evaluates th
 (batched if it is batched over leading dimensions, else start by start); lbfgs, which
 evaluates several times per step, always runs start by start with a closure. A run that stops
 early is frozen: its row is restored after each step, so the other runs go on unchanged.
+
+A variable of any shape ([d], [m, n], ...) is held flattened, one row per start, and handed to
+the objective in its own shape (``Objective.over_rows``); the runs report it in that shape.
 """
 
 from __future__ import annotations
@@ -43,8 +46,13 @@ def optimize(
     schedule: Schedule,
     compiler: ChunkCompiler | None = None,
 ) -> Outcome:
-    """One run per start (rows of ``starts``) and optimizer; ``compiler`` compiles long Adam
-    runs' steps (see ``compiled``)."""
+    """One run per start and optimizer; ``starts`` is [N, *shape], one start per row, each of
+    the variable's shape. ``compiler`` compiles long Adam runs' steps (see ``compiled``)."""
+    shape = tuple(starts.shape[1:])
+    # The runs hold their points flattened, [N, D]: the objective gets them back in their shape.
+    # Every optimizer here updates a tensor as it would its flattened view (elementwise ones
+    # element by element; lbfgs flattens its parameters itself), so each run is still its loop's.
+    objective, starts = objective.over_rows(shape), starts.reshape(len(starts), -1)
     groups: list[RunGroup] = []
     traced: TracedValueAndGrad | Literal[False] | None = None  # False: tracing failed once
     for index, (spec, hyper) in enumerate(optimizers):
@@ -52,14 +60,14 @@ def optimize(
             traced = traced or trace_objective(objective, starts)
             if traced:
                 stepper = TracedStepper(traced, starts, spec, hyper, compiler, schedule.steps)
-                groups.append(_run_group(stepper, starts, index, schedule))
+                groups.append(_run_group(stepper, starts, shape, index, schedule))
                 continue
         if objective.batched and spec.elementwise:
             rows = [starts]
         else:
             rows = [starts[start : start + 1] for start in range(len(starts))]
         parts = [
-            _run_group(AutogradStepper(objective, part, spec, hyper, schedule), part, index, schedule, first)
+            _run_group(AutogradStepper(objective, part, spec, hyper, schedule), part, shape, index, schedule, first)
             for first, part in zip(range(0, len(starts), len(rows[0])), rows, strict=True)
         ]
         groups.append(RunGroup.joined(parts))
@@ -105,10 +113,15 @@ _SKIP_STEPS = 64
 
 @torch.no_grad()
 def _run_group(
-    stepper: Stepper, starts: torch.Tensor, optimizer_index: int, schedule: Schedule, first_start: int = 0
+    stepper: Stepper,
+    starts: torch.Tensor,
+    shape: tuple[int, ...],
+    optimizer_index: int,
+    schedule: Schedule,
+    first_start: int = 0,
 ) -> RunGroup:
     rows = stepper.rows
-    group = RunGroup.starting(optimizer_index, starts)
+    group = RunGroup.starting(optimizer_index, starts, shape)
     group.first_start = first_start
     active = torch.ones(len(starts), dtype=torch.bool, device=rows.device)
     steps, record_every, tolerance = schedule.steps, schedule.record_every, schedule.tolerance

@@ -1,5 +1,9 @@
 """What the optimisation engine runs and reports: the objective, the schedule, and the runs'
-results, held as tensors (one group per optimizer, one row per start)."""
+results, held as tensors (one group per optimizer, one row per start).
+
+The variable may have any shape with at least one dimension (a vector [d], a weight matrix
+[m, n], ...). The engine holds each start as one flattened row; what it reports (a ``Run``'s
+points, ``RunGroup.points``) has the variable's own shape again."""
 
 from __future__ import annotations
 
@@ -67,9 +71,12 @@ class RunGroup:
     records: list[Record] = field(default_factory=list)
     first_start: int = 0
     """The start of the first row (a group of one start, while it runs, is any start)."""
+    shape: tuple[int, ...] = ()
+    """The variable's shape: each row of ``x0``, ``x`` and the records is one point, flattened."""
 
     @classmethod
-    def starting(cls, optimizer: int, x0: torch.Tensor) -> RunGroup:
+    def starting(cls, optimizer: int, x0: torch.Tensor, shape: tuple[int, ...] | None = None) -> RunGroup:
+        """Rows ``x0`` [runs, D] not yet stepped, of a variable of ``shape`` (default [D])."""
         count, device = len(x0), x0.device
         nan = torch.full((count,), math.nan, dtype=x0.dtype, device=device)
         return cls(
@@ -80,7 +87,17 @@ class RunGroup:
             nan.clone(),
             torch.zeros(count, dtype=torch.long, device=device),
             torch.full((count,), STOP_MAX_STEPS, dtype=torch.long, device=device),
+            shape=tuple(x0.shape[1:]) if shape is None else shape,
         )
+
+    @property
+    def points(self) -> torch.Tensor:
+        """Each run's current point (its end, once it has stopped): [runs, *shape], a view of ``x``."""
+        return self.x.reshape(len(self.x), *self.shape)
+
+    def _point(self, flat: torch.Tensor) -> torch.Tensor:
+        """One flattened point [D] in the variable's shape (a vector's as it is)."""
+        return flat if len(self.shape) == 1 else flat.reshape(self.shape)
 
     @classmethod
     def joined(cls, groups: Sequence[RunGroup]) -> RunGroup:
@@ -91,6 +108,7 @@ class RunGroup:
             groups[0].optimizer,
             *(torch.cat([getattr(group, name) for group in groups]) for name in _ROW_FIELDS),  # type: ignore[arg-type]
         )
+        joined.shape = groups[0].shape
         steps = sorted({record.step for group in groups for record in group.records})
         for step in steps:
             parts = [_record_at(group, step) for group in groups]
@@ -103,23 +121,25 @@ class RunGroup:
         return [STOP_REASONS[code] for code in self.stopped.tolist()]
 
     def run(self, row: int, record_every: int) -> Run:
-        """Row ``row`` as one Run: its recorded points, then its end if that was not recorded."""
+        """Row ``row`` as one Run (its points in the variable's shape): its recorded points, then
+        its end if that was not recorded."""
+        point = self._point
         trajectory = Trajectory()
         for record in self.records:
             if bool(record.active[row]):
                 trajectory.step.append(record.step)
-                trajectory.x.append(record.x[row])
+                trajectory.x.append(point(record.x[row]))
                 trajectory.value.append(float(record.value[row]))
         steps = int(self.steps[row])
         if self.records and steps % record_every != 0:
             trajectory.step.append(steps)
-            trajectory.x.append(self.x[row])
+            trajectory.x.append(point(self.x[row]))
             trajectory.value.append(float(self.value[row]))
         return Run(
             row,
             self.optimizer,
-            self.x0[row],
-            self.x[row],
+            point(self.x0[row]),
+            point(self.x[row]),
             float(self.value[row]),
             float(self.grad_norm[row]),
             steps,
@@ -141,10 +161,29 @@ def _record_at(group: RunGroup, step: int) -> Record:
 
 @dataclass(frozen=True)
 class Objective:
-    """What to minimise: ``fn`` maps [N, d] to [N] when ``batched``, else [d] to a scalar."""
+    """What to minimise: ``fn`` maps points of the variable's shape to their values, [N, *shape]
+    to [N] when ``batched``, else one point [*shape] to a scalar."""
 
     fn: Callable[[torch.Tensor], torch.Tensor]
     batched: bool
+
+    def over_rows(self, shape: tuple[int, ...]) -> Objective:
+        """The same objective of flattened points (rows [..., D], reshaped to [..., *shape]
+        before ``fn`` sees them), as the engine holds them; itself for a vector variable."""
+        if len(shape) == 1:
+            return self
+        fn = self.fn
+        if self.batched:
+
+            def rows(x: torch.Tensor) -> torch.Tensor:
+                return fn(x.reshape(*x.shape[:-1], *shape))
+
+        else:
+
+            def rows(x: torch.Tensor) -> torch.Tensor:
+                return fn(x.reshape(shape))
+
+        return Objective(rows, self.batched)
 
 
 Progress = Callable[[int, RunGroup], None]

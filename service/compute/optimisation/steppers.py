@@ -41,12 +41,12 @@ class Stepper(Protocol):
     """One group of runs' parameters, how to evaluate them and how to step them."""
 
     rows: torch.Tensor
-    """The parameters as [runs, d], updated in place by ``advance``."""
+    """The parameters as [runs, D] (each run's point flattened), updated in place by ``advance``."""
     abandons_steps: bool
     """``advance`` may raise OutOfTime partway, leaving ``rows`` to be restored."""
 
     def evaluate(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Values [runs] and gradients [runs, d] at ``rows``."""
+        """Values [runs] and gradients [runs, D] at ``rows``."""
 
     def advance(self) -> None:
         """One optimizer step from the last evaluation; may raise OutOfTime."""

@@ -1,6 +1,13 @@
 """The optimisation endpoints' work as plain typed functions, free of HTTP: the objective a
 request names or writes, the checks of its size against the limits, the runs' nearest known
-minima, the summary of many runs, and the landscape grid. The routes decode, call, encode."""
+minima, the summary of many runs, and the landscape grid. The routes decode, call, encode.
+
+The variable has a shape of its own, with at least one dimension: a point [d], a weight matrix
+[m, n], ... The starts are [N, *shape], and every point reported (a run's ends and trajectory,
+the nearest known minimum, a summary's final points and minima) has that shape. A formula sees
+the variable in its shape; a catalog objective is a function of a vector, so a fixed-dimension
+one takes a point [d] alone, and one of any dimension takes any shape as its flattened vector
+(row-major), its minima reported in the variable's shape."""
 
 from __future__ import annotations
 
@@ -48,22 +55,18 @@ class Resolved:
 
 def resolve_objective(
     chosen: str | Formula,
-    dimension: int | None,
+    shape: tuple[int, ...],
     dtype: torch.dtype,
     device: torch.device,
     limits: Limits,
     budget: int,
 ) -> Resolved:
-    """A catalog objective by name (its dimension checked against ``dimension``), or a formula
-    compiled to a scalar function of its variable within ``budget`` elements."""
+    """A catalog objective by name, of a variable of ``shape`` (refused where the objective
+    cannot take it), or a formula compiled to a scalar function of its variable within
+    ``budget`` elements."""
     if isinstance(chosen, str):
         entry = OBJECTIVES.get(chosen)
-        if entry.dimension is not None and dimension is not None and dimension != entry.dimension:
-            raise InvalidInput(
-                f"{entry.name} is {entry.dimension}-dimensional, but the starts are {dimension}-dimensional.",
-                error_type="shape_mismatch",
-            )
-        return Resolved(Objective(entry.fn, batched=True), entry)
+        return Resolved(_catalog_objective(entry, shape), entry)
     if chosen.variable in chosen.inputs:
         raise InvalidInput(f"'{chosen.variable}' is the variable; it cannot also be an input.")
     names = frozenset({*chosen.inputs, chosen.variable})
@@ -82,21 +85,50 @@ def resolve_objective(
     return Resolved(Objective(fn, batched=False), None)
 
 
+def _catalog_objective(entry: ObjectiveSpec, shape: tuple[int, ...]) -> Objective:
+    """``entry``'s function of a variable of ``shape``: a fixed-dimension objective takes a
+    point [d] alone; one of any dimension takes any shape, as its flattened vector."""
+    if entry.dimension is not None and shape != (entry.dimension,):
+        if len(shape) == 1:
+            message = f"{entry.name} is {entry.dimension}-dimensional, but the starts are {shape[0]}-dimensional."
+        else:
+            message = (
+                f"{entry.name} is {entry.dimension}-dimensional: its starts must be points of shape "
+                f"[{entry.dimension}], not {list(shape)}."
+            )
+        raise InvalidInput(message, error_type="shape_mismatch")
+    if len(shape) == 1:
+        return Objective(entry.fn, batched=True)
+    fn, dims = entry.fn, len(shape)
+
+    def flattened(x: torch.Tensor) -> torch.Tensor:
+        return fn(x.flatten(start_dim=x.dim() - dims))
+
+    return Objective(flattened, batched=True)
+
+
 def starts_of(x0: Any, starts: Any, decode: Decode) -> torch.Tensor:
-    """The [N, d] starts of a request that gives one start ``x0`` [d] or several ``starts``
-    (wire tensors, decoded once one of them is known to be given)."""
+    """The [N, *shape] starts of a request that gives one start ``x0`` (of the variable's
+    shape, with at least one dimension) or several ``starts`` (wire tensors, decoded once one of
+    them is known to be given)."""
     if (x0 is None) == (starts is None):
         raise InvalidInput("Give exactly one of x0 (one start) and starts (several).")
     if x0 is not None:
         point = decode(x0, "x0")
-        if point.dim() != 1 or not point.numel():
+        if point.dim() == 0 or not point.numel():
             raise InvalidInput(
-                f"x0 must be a point of shape [d], not {list(point.shape)}.", error_type="shape_mismatch"
+                f"x0 must be a point with at least one dimension and one element ([d], [m, n], ...), "
+                f"not {list(point.shape)}.",
+                error_type="shape_mismatch",
             )
         return point.unsqueeze(0)
     rows = decode(starts, "starts")
-    if rows.dim() != 2 or not rows.numel():
-        raise InvalidInput(f"starts must have shape [N, d], not {list(rows.shape)}.", error_type="shape_mismatch")
+    if rows.dim() < 2 or not rows.numel():
+        raise InvalidInput(
+            f"starts must have shape [N, *shape] (N points, each with at least one dimension: [N, d], "
+            f"[N, m, n], ...), not {list(rows.shape)}.",
+            error_type="shape_mismatch",
+        )
     return rows
 
 
@@ -114,8 +146,9 @@ def check_runs(
 ) -> None:
     """Refuse, before any step, runs past the limits: steps x runs (an lbfgs step evaluates the
     objective up to max_iter times), the optimizer state (lbfgs keeps 2 x history_size vectors),
-    and with ``record_every`` the trajectory points and their elements."""
-    count, dimension = starts.shape
+    and with ``record_every`` the trajectory points and their elements (``starts``: [N, *shape])."""
+    count = len(starts)
+    dimension = starts[0].numel()
     work = sum(steps * count * hyper.get("max_iter", 1) for _, hyper in optimizers)
     check_limit(work, limits.max_steps, "steps x runs", "too_many_steps")
     history = max((hyper.get("history_size", 0) * 2 for _, hyper in optimizers), default=0)
@@ -149,27 +182,40 @@ def run(
     return outcome
 
 
+Point = list[Any]
+"""A point as nested lists of numbers, in the variable's shape."""
+
+
+def shaped(point: list[float], shape: Sequence[int]) -> Point:
+    """A flat list of numbers as nested lists of ``shape`` (row-major); itself for a vector."""
+    nested: list[Any] = point
+    for size in reversed(shape[1:]):
+        nested = [nested[start : start + size] for start in range(0, len(nested), size)]
+    return nested
+
+
 @dataclass(frozen=True)
 class NearestMinimum:
-    x: list[float]
+    x: Point
     value: float
     distance: float
 
 
 def nearest_minimum(entry: ObjectiveSpec | None, x: torch.Tensor) -> NearestMinimum | None:
-    """The known minimum of a catalog objective closest (Euclidean) to ``x``; None for a formula."""
+    """The known minimum of a catalog objective closest (Euclidean, over every element) to
+    ``x``, in ``x``'s shape; None for a formula."""
     if entry is None:
         return None
-    point = x.tolist()
+    point = x.reshape(-1).tolist()
     distance, closest, value = min((math.dist(point, known), known, value) for known, value in entry.minima(len(point)))
-    return NearestMinimum(closest, value, distance)
+    return NearestMinimum(shaped(closest, x.shape), value, distance)
 
 
 @dataclass(frozen=True)
 class Basin:
     """A known minimum and how many runs ended within reach of it (and nearer it than any other)."""
 
-    x: list[float]
+    x: Point
     value: float
     count: int
 
@@ -177,7 +223,7 @@ class Basin:
 @dataclass(frozen=True)
 class Summary:
     """Many runs as tensors: row ``i`` is the run of start ``i // k`` with the ``i % k``-th of the
-    ``k`` optimizers."""
+    ``k`` optimizers; ``x`` is [runs, *shape]."""
 
     optimizers: list[str]
     x: torch.Tensor
@@ -195,7 +241,8 @@ def summarize(outcome: Outcome, optimizers: Optimizers, entry: ObjectiveSpec | N
         stacked = torch.stack(tensors, dim=1)
         return stacked.reshape(-1, *stacked.shape[2:])
 
-    points = interleaved([group.x for group in groups])
+    points = interleaved([group.x for group in groups])  # flattened: [runs, D]
+    shape = groups[0].shape
     codes = interleaved([group.stopped for group in groups])
     tally = torch.bincount(codes, minlength=len(STOP_REASONS)).tolist()
     stopped: dict[str, int] = {reason: amount for reason, amount in zip(STOP_REASONS, tally, strict=True) if amount}
@@ -206,10 +253,13 @@ def summarize(outcome: Outcome, optimizers: Optimizers, entry: ObjectiveSpec | N
         distances = torch.cdist(points, targets)
         closest = distances.argmin(dim=1)
         reached = distances.min(dim=1).values <= reach
-        basins = [Basin(x, value, int(((closest == index) & reached).sum())) for index, (x, value) in enumerate(known)]
+        basins = [
+            Basin(shaped(x, shape), value, int(((closest == index) & reached).sum()))
+            for index, (x, value) in enumerate(known)
+        ]
     return Summary(
         [optimizers[group.optimizer][0].name for group in groups],
-        points,
+        points.reshape(len(points), *shape),
         interleaved([group.value for group in groups]),
         interleaved([group.steps for group in groups]),
         stopped,
