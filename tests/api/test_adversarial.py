@@ -40,9 +40,11 @@ CASES: list[tuple[str, Any, int, str | None]] = [
     ),
     (
         "/v1/differentiate",
+        # Refused by the shape-only estimate that runs first: torch's meta kernels compute the
+        # strides of an empty tensor of this shape, which overflow.
         {"expression": "reshape(x, 0, 4611686018427387904, 4)", "inputs": {"x": []}},
-        413,
-        "result_too_large",
+        400,
+        "computation_failed",
     ),
     (
         "/v1/differentiate",
