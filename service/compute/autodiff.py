@@ -89,14 +89,21 @@ def value_and_jvp(
     return value.detach(), jvp.detach()
 
 
-def hvps(fn: MultiFn, xs: tuple[torch.Tensor, ...], tangents: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+def hvps(
+    fn: MultiFn,
+    xs: tuple[torch.Tensor, ...],
+    tangents: tuple[torch.Tensor, ...],
+    cotangent: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, ...]:
     """``H v`` per input, for the Hessian H of the sum of ``fn``'s values (a scalar, or one scalar
-    per point of a batch whose points are independent), without forming H: a backward pass that
-    keeps its graph, then a second one through the gradient, weighted by the tangents."""
+    per point of a batch whose points are independent), or of ``cotangent . fn`` when given (the
+    derivative of a vector-Jacobian product: a double backward), without forming H: a backward
+    pass that keeps its graph, then a second one through the gradient, weighted by the tangents."""
     leaves = tuple(x.detach().requires_grad_(True) for x in xs)
     zeros = tuple(torch.zeros_like(x) for x in xs)
     with torch.enable_grad():
-        total = fn(*leaves).sum()
+        value = fn(*leaves)
+        total = (value if cotangent is None else value * cotangent).sum()
         if not total.requires_grad:
             return zeros
         grads = torch.autograd.grad(total, leaves, create_graph=True, allow_unused=True, materialize_grads=True)

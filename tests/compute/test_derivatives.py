@@ -90,6 +90,27 @@ def test_random_scalar_formulas_hvp_equals_autograd_functional_hvp(program: Prog
         torch.testing.assert_close(result.hvp[name], product, **scaled(GENERATED_TOLERANCE, product))
 
 
+@settings(max_examples=examples(40))
+@given(programs(scalar=False), st.integers(0, 2**32 - 1))
+def test_random_formulas_hvp_with_a_grad_output_is_the_derivative_of_the_vjp(program: Program, seed: int) -> None:
+    """For a value of any shape, hvp with grad_output g is the Hessian of g . value times the
+    tangents: the double backward of a VJP, against torch.autograd.functional.hvp."""
+    assume("hardsigmoid" not in program.source)
+    inputs = generated_inputs(seed)
+    tangents = random_like(inputs, seed + 1)
+    names = list(inputs)
+    g = torch.randn(program.shape, generator=torch.Generator().manual_seed(seed + 2), dtype=F64)
+
+    def weighted(*values: torch.Tensor) -> torch.Tensor:
+        return (program.fn(dict(zip(names, values, strict=True))) * g).sum()
+
+    value, expected = torch.autograd.functional.hvp(weighted, tuple(inputs.values()), tuple(tangents.values()))
+    assume(finite(value, *expected))
+    result = run(program.source, inputs, ["grad", "hvp"], tangents=tangents, grad_output=g)
+    for name, product in zip(names, expected, strict=True):
+        torch.testing.assert_close(result.hvp[name], product, **scaled(GENERATED_TOLERANCE, product))
+
+
 def test_hvp_of_himmelblau_is_the_hessian_column() -> None:
     x = torch.tensor([3.0, 2.0], dtype=F64)
     result = run(HIMMELBLAU, {"x": x}, ["jvp", "hvp"], tangents={"x": torch.tensor([1.0, 0.0], dtype=F64)})

@@ -86,7 +86,9 @@ def differentiate(
     floating input). ``tangents`` are the directions of ``jvp`` and ``hvp``. With ``batch``
     (input names with a leading batch dimension) the program is evaluated at every point alone
     (torch.func.vmap semantics) and every result gains the batch dimension, per point: the
-    inputs differentiated but not batched are then shared by all points, with a derivative each."""
+    inputs differentiated but not batched are then shared by all points, with a derivative each.
+    ``hvp`` of a value that is not a scalar is that of ``grad_output . value`` (the derivative of
+    the vector-Jacobian product along the tangents: what a double backward needs)."""
     names = _wrt_names(inputs, wrt)
     wanted = set(wanted)
     size = _batch_size(inputs, batch)
@@ -112,9 +114,11 @@ def differentiate(
                 value = fn(*xs)
         if "jvp" in wanted and jvp is None:
             jvp = value_and_jvp(fn, xs, directions)[1]
-        if wanted & {"hessian", "hvp"}:
+        if "hessian" in wanted or ("hvp" in wanted and grad_output is None):
             _check_scalar(value, size)
-        hvp = dict(zip(names, hvps(fn, xs, directions), strict=True)) if "hvp" in wanted else None
+        hvp = None
+        if "hvp" in wanted:
+            hvp = dict(zip(names, hvps(fn, xs, directions, grad_output), strict=True))
         jacobian = _jacobian(points, value, max_entries) if "jacobian" in wanted else None
         hessian = _hessian(points, max_entries) if "hessian" in wanted else None
     return Derivatives(
@@ -133,7 +137,7 @@ def _check_scalar(value: torch.Tensor, size: int | None) -> None:
         at_each = " at each point" if size is not None else ""
         raise InvalidInput(
             f"A Hessian (or hvp) needs a scalar value, but the expression has shape {list(point_shape)}{at_each}; "
-            "reduce it (sum, mean, ...) or ask for the jacobian.",
+            "reduce it (sum, mean, ...), ask for the jacobian, or send a grad_output (the hvp of grad_output . value).",
             error_type="not_scalar",
         )
 
