@@ -12,10 +12,11 @@ Set GRADIENT_SCREENSHOT_DIR to also write the optimiser tab's screenshot there a
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -310,6 +311,163 @@ def test_expressions_tab_shows_value_gradient_and_hessian(session: Session) -> N
     error = page.get_by_test_id("expression-error")
     expect(error).to_be_visible()
     expect(error).to_contain_text("invalid_expression")
+    session.assert_clean(allowed_statuses=(400,))
+
+
+def numbers(text: str) -> list[float]:
+    """The numbers in a text the page shows (fmt writes 1,234 without commas, 1.5e-7 in ASCII)."""
+    return [float(v) for v in re.findall(r"-?\d+(?:\.\d+)?(?:e[-+]?\d+)?", text.replace(",", ""))]
+
+
+def shown(page: Page, testid: str) -> list[float]:
+    """The numbers shown by the element with this data-testid ([] while there is none)."""
+    script = "(id) => { const n = document.querySelector(`[data-testid=${id}]`); return n ? n.innerText : ''; }"
+    return numbers(page.evaluate(script, testid))
+
+
+def wait_shown(page: Page, testid: str, expected: list[float], timeout_s: float = TIMEOUT_MS / 1000) -> None:
+    """Poll until the element with this data-testid shows ``expected`` (to the 7 digits the page writes)."""
+    deadline = time.monotonic() + timeout_s
+    while (values := shown(page, testid)) != pytest.approx(expected, rel=1e-6, abs=1e-12):
+        assert time.monotonic() < deadline, f"{testid} shows {values}, not {expected}"
+        time.sleep(0.1)
+
+
+def arrows(page: Page) -> dict[str, list[float]]:
+    """The direction plot's arrows (traces tagged with ``meta``): name -> [dx, dy] as drawn."""
+    script = (
+        "Object.fromEntries(document.querySelector('[data-testid=direction-plot]').data.filter((t) => t.meta)"
+        ".map((t) => [t.meta, [t.x[1] - t.x[0], t.y[1] - t.y[0]]]))"
+    )
+    drawn: dict[str, list[float]] = page.evaluate(script)
+    return drawn
+
+
+def parallel(drawn: Sequence[float], expected: Sequence[float]) -> bool:
+    """``drawn`` points the way ``expected`` does (arrows are drawn rescaled)."""
+    cross = drawn[0] * expected[1] - drawn[1] * expected[0]
+    dot = drawn[0] * expected[0] + drawn[1] * expected[1]
+    return abs(cross) <= 1e-6 * math.hypot(*drawn) * math.hypot(*expected) and dot > 0
+
+
+def test_expressions_tab_shows_jvp_and_hvp_along_a_chosen_direction(session: Session) -> None:
+    page = session.page
+    sent: list[dict[str, Any]] = []
+
+    def record(request: Request) -> None:
+        if request.url.endswith("/v1/differentiate") and (body := request.post_data_json) is not None:
+            sent.append(body)
+
+    page.on("request", record)
+
+    def answer(body: dict[str, Any]) -> dict[str, Any]:
+        """What the API answers to ``body``, asked again from here."""
+        response = httpx.post(f"{session.base}/v1/differentiate", json=body)
+        assert response.status_code == 200, response.text
+        result: dict[str, Any] = response.json()
+        return result
+
+    def last(dry_run: bool) -> dict[str, Any]:
+        """The last request the tab made for its results (not the landscape's batch) or its dry run."""
+        return [b for b in sent if "batch" not in b and bool(b.get("dry_run")) == dry_run][-1]
+
+    session.open("expressions")
+    # Himmelblau at its minimum (3, 2) along u = (1, 0): jvp = ∇f·u = 0, hvp = H u = H's first column.
+    expect(page.get_by_test_id("direction-u0")).to_have_value("1")
+    expect(page.get_by_test_id("direction-u1")).to_have_value("0")
+    wait_shown(page, "hvp-result-x", [74, 20])
+    wait_shown(page, "jvp-result", [0])
+    wait_for_plot(page, "direction-plot", 4)  # landscape, u, H·u, the point
+    kinds = page.evaluate("document.querySelector('[data-testid=direction-plot]').data.map((t) => t.type)")
+    assert kinds[0] == "contour"
+    drawn = arrows(page)
+    assert sorted(drawn) == ["hvp", "u"]  # no gradient arrow: ∇f = 0 at a minimum
+    assert parallel(drawn["u"], (1, 0)) and parallel(drawn["hvp"], (74, 20))
+    title = page.evaluate("document.querySelector('[data-testid=direction-plot]').layout.title.text")
+    assert "∇f·u = 0" in title and "H·u = (74, 20)" in title
+
+    # The cost readout is the dry run's estimate for this very request.
+    dry = last(dry_run=True)
+    assert dry["tangents"] == {"x": [1, 0]} and set(dry["derivatives"]) >= {"jvp", "hvp"}
+    cost = answer(dry)["cost"]
+    readout = page.get_by_test_id("expression-cost")
+    expect(readout).to_be_visible()
+    assert readout.get_attribute("data-flops") == str(cost["flops"])
+    assert readout.get_attribute("data-bytes") == str(cost["bytes"])
+    assert shown(page, "cost-flops") == [cost["flops"]] and shown(page, "cost-bytes")[0] == cost["bytes"]
+
+    # The angle: 90° is u = (0, 1), H's second column.
+    set_range(page, "direction-angle", 90)
+    expect(page.get_by_test_id("direction-angle-value")).to_have_text("90°")
+    expect(page.get_by_test_id("direction-u0")).to_have_value("0")
+    expect(page.get_by_test_id("direction-u1")).to_have_value("1")
+    wait_shown(page, "hvp-result-x", [20, 34])
+    wait_shown(page, "jvp-result", [0])
+
+    # Typed components: u = (1, 2) is at 63.43°, and H u = (74 + 40, 20 + 68).
+    page.get_by_test_id("direction-u0").fill("1")
+    page.get_by_test_id("direction-u1").fill("2")
+    expect(page.get_by_test_id("direction-angle-value")).to_have_text("63.43°")
+    wait_shown(page, "hvp-result-x", [114, 88])
+    assert last(dry_run=False)["tangents"] == {"x": [1, 2]}
+
+    # Rosenbrock's valley at (-1, 1), where ∇f = (-4, 0) and H = [[802, 400], [400, 200]].
+    page.get_by_test_id("expression-example").select_option("1")
+    expect(page.get_by_test_id("direction-u0")).to_have_value("1")  # a new point: u starts along x₀ again
+    wait_shown(page, "jvp-result", [-4])
+    wait_shown(page, "hvp-result-x", [802, 400])
+    wait_until(page, "document.querySelector('[data-testid=direction-plot]').data.some((t) => t.meta === 'grad')")
+    assert parallel(arrows(page)["grad"], (-4, 0))
+
+    # A click on the landscape points u from the point towards it: here down and to the left.
+    layout = page.evaluate("document.querySelector('[data-testid=direction-plot]').layout")
+    (x_lo, x_hi), (y_lo, y_hi) = layout["xaxis"]["range"], layout["yaxis"]["range"]
+    area = page.get_by_test_id("direction-plot").locator(".nsewdrag").first
+    area.scroll_into_view_if_needed()  # the plot is below the results
+    box = area.bounding_box()
+    assert box is not None
+    target = (-1.5, 0.5)  # from (-1, 1): the direction (-1, -1)
+    at = (
+        box["x"] + (target[0] - x_lo) / (x_hi - x_lo) * box["width"],
+        box["y"] + (y_hi - target[1]) / (y_hi - y_lo) * box["height"],
+    )
+    page.mouse.move(*at)  # plotly reports a click where it has seen the mouse hover
+    page.wait_for_timeout(200)
+    page.mouse.click(*at)
+    expect(page.get_by_test_id("direction-u0")).to_have_value(re.compile(r"^-0\.7"))
+    u = tuple(float(page.get_by_test_id(f"direction-u{k}").input_value()) for k in (0, 1))
+    assert u[0] == pytest.approx(-math.sqrt(0.5), abs=0.02) and u[1] == pytest.approx(-math.sqrt(0.5), abs=0.02)
+    assert math.hypot(*u) == pytest.approx(1, rel=1e-5)  # a unit vector, to the 6 decimals shown
+    # Wait for the answer for that u, then check every number shown against the API's answer.
+    wait_shown(page, "direction-u", list(u))
+    body = last(dry_run=False)
+    assert body["tangents"] == {"x": list(u)}
+    api = answer(body)
+    assert shown(page, "jvp-result") == pytest.approx([api["jvp"]], rel=1e-6)
+    assert shown(page, "hvp-result-x") == pytest.approx(api["hvp"]["x"], rel=1e-6)
+    # ...and against the analytic values: ∇f·u = -4 u₀, H u = (802 u₀ + 400 u₁, 400 u₀ + 200 u₁).
+    assert api["jvp"] == pytest.approx(-4 * u[0], rel=1e-5)
+    assert api["hvp"]["x"] == pytest.approx([802 * u[0] + 400 * u[1], 400 * u[0] + 200 * u[1]], rel=1e-5)
+    drawn = arrows(page)
+    assert parallel(drawn["u"], u) and parallel(drawn["hvp"], tuple(api["hvp"]["x"]))
+
+    # Errors: the page's own (no number for u₀), then the API's (an hvp of a value that is not a scalar).
+    error = page.get_by_test_id("expression-error")
+    page.get_by_test_id("direction-u0").fill("")
+    expect(error).to_have_text("u₀ must be a number.")
+    page.get_by_test_id("direction-u0").fill("1")
+    page.get_by_test_id("direction-u1").fill("0")
+    expect(error).to_be_hidden()
+    page.get_by_test_id("expression-input").fill("2 * x")
+    page.get_by_test_id("differentiate").click()
+    expect(error).to_contain_text("not_scalar")
+    expect(error).to_contain_text("HTTP 400")
+    page.get_by_test_id("want-hvp").uncheck()
+    page.locator("#want-hessian").uncheck()
+    page.get_by_test_id("differentiate").click()
+    expect(error).to_be_hidden()
+    wait_shown(page, "jvp-result", [2, 0])  # d(2x) along u = (1, 0)
+    expect(page.get_by_test_id("hvp-result-x")).to_have_count(0)
     session.assert_clean(allowed_statuses=(400,))
 
 
