@@ -18,7 +18,6 @@ from service.compute.runtime import torch_errors
 from service.errors import InvalidInput, check_limit
 
 Derivative = Literal["grad", "jacobian", "hessian", "jvp", "hvp"]
-DERIVATIVES: tuple[Derivative, ...] = ("grad", "jacobian", "hessian", "jvp", "hvp")
 TensorMap = dict[str, torch.Tensor]
 
 # torch's own, harmless: the batching rules of some losses (mse_loss under vmap, for a batch of
