@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cache
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, create_model, model_validator
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    ValidationError,
+    WithJsonSchema,
+    create_model,
+    model_validator,
+    with_config,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError, core_schema
+from typing_extensions import TypeAliasType, TypedDict
 
 from service.compute.ops.registry import Param, ParamsSpec, Rule
 
+# A tensor param's JSON schema in the catalogs (GET /v1/losses: params), written out inline there.
+# The OpenAPI documents the same values with WireTypes below, as named components.
 NON_FINITE_SCHEMA: dict[str, Any] = {"type": "string", "enum": ["NaN", "Infinity", "-Infinity"]}
 ENCODED_TENSOR_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -37,10 +51,102 @@ TENSOR_SCHEMA: dict[str, Any] = {
     "anyOf": [{"type": "number"}, NON_FINITE_SCHEMA, NESTED_SCHEMA, ENCODED_TENSOR_SCHEMA],
 }
 
+CatalogTensor = Annotated[Any, WithJsonSchema(TENSOR_SCHEMA)]
+"""A tensor param of an op, as its catalog entry's params schema shows it."""
+
+
+class WireTypes:
+    """The wire format's JSON values as types, for the OpenAPI alone. Each becomes a named component
+    (``#/components/schemas/Tensor``, ``EncodedTensor``, ...) that the request and response schemas
+    reference by $ref, so that client generators (openapi-python-client, openapi-typescript) read
+    them whole. Nothing is validated against them (see ``DocumentedAs``)."""
+
+    NonFinite = TypeAliasType(
+        "NonFinite",
+        Annotated[
+            Literal["NaN", "Infinity", "-Infinity"],
+            Field(title="NonFinite", description="A non-finite value, written as a string."),
+        ],
+    )
+    NestedTensor = TypeAliasType(
+        "NestedTensor",
+        Annotated[
+            # Not recursive: openapi-python-client cannot read an array whose items refer back to it.
+            list[float | NonFinite | list[Any]],
+            Field(title="NestedTensor", description=NESTED_SCHEMA["description"]),
+        ],
+    )
+
+    @with_config(ConfigDict(extra="forbid"))
+    class EncodedTensor(TypedDict):
+        """Little-endian, row-major bytes of the tensor, base64-encoded."""
+
+        shape: list[Annotated[int, Field(ge=0)]]
+        dtype: Literal["float32", "float64", "int64"]
+        base64: Annotated[str, Field(json_schema_extra={"contentEncoding": "base64"})]
+
+    Tensor = TypeAliasType(
+        "Tensor",
+        Annotated[
+            float | NonFinite | NestedTensor | EncodedTensor,
+            Field(title="Tensor", description=TENSOR_SCHEMA["description"]),
+        ],
+    )
+
+    @with_config(ConfigDict(extra="forbid"))
+    class TensorShape(TypedDict):
+        """What a dry run returns in place of a tensor: its shape and dtype."""
+
+        shape: list[Annotated[int, Field(ge=0)]]
+        dtype: str
+
+    DerivativeOut = TypeAliasType(
+        "DerivativeOut",
+        Annotated[
+            Tensor | TensorShape,
+            Field(title="DerivativeOut", description="A result tensor, or with dry_run its shape and dtype."),
+        ],
+    )
+    Point = TypeAliasType(
+        "Point",
+        Annotated[
+            list[float | list[Any]],
+            Field(
+                title="Point",
+                description="A point in the variable's shape: a list of numbers for a vector [d], nested lists "
+                "for a tensor with more dimensions.",
+            ),
+        ],
+    )
+
+
+def _unchanged(value: Any) -> Any:
+    return value
+
+
+@dataclass(frozen=True)
+class DocumentedAs:
+    """Field metadata: validate as the annotated type (``Any``: the value passes through
+    unchanged), but document the field as ``documented`` in both JSON schema modes (requests and
+    responses), its named types as $refs to components."""
+
+    documented: Any
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        documented = handler.generate_schema(self.documented)
+        return core_schema.no_info_before_validator_function(
+            _unchanged,
+            handler(source),
+            json_schema_input_schema=documented,
+            serialization=core_schema.plain_serializer_function_ser_schema(_unchanged, return_schema=documented),
+        )
+
+
 # Tensors are validated by service.compute.wire (with positions in the messages and without
 # walking a million numbers in Python), so pydantic passes them through untouched.
-Tensor = Annotated[Any, WithJsonSchema(TENSOR_SCHEMA)]
-TensorOut = Annotated[Any, WithJsonSchema({**TENSOR_SCHEMA, "title": "TensorOut"})]
+Tensor = Annotated[Any, DocumentedAs(WireTypes.Tensor)]
+TensorOut = Tensor
+"""A response tensor: the same forms as a request's."""
 
 DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]+)?)$"
 
@@ -163,18 +269,7 @@ class LossCatalog(BaseModel):
 
 
 DerivativeName = Literal["grad", "jacobian", "hessian", "jvp", "hvp"]
-SHAPE_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "title": "TensorShape",
-    "description": "What a dry run returns in place of a tensor: its shape and dtype.",
-    "properties": {
-        "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
-        "dtype": {"type": "string"},
-    },
-    "required": ["shape", "dtype"],
-    "additionalProperties": False,
-}
-DerivativeOut = Annotated[Any, WithJsonSchema({"title": "DerivativeOut", "anyOf": [TENSOR_SCHEMA, SHAPE_SCHEMA]})]
+DerivativeOut = Annotated[Any, DocumentedAs(WireTypes.DerivativeOut)]
 
 
 class DifferentiateRequest(ComputeRequest):
@@ -378,7 +473,7 @@ class LandscapeRequest(ComputeRequest):
     )
 
 
-WireFloat = Annotated[float | str, WithJsonSchema({"anyOf": [{"type": "number"}, NON_FINITE_SCHEMA]})]
+WireFloat = Annotated[float | str, DocumentedAs(float | WireTypes.NonFinite)]
 """A number, non-finite values as the strings "NaN", "Infinity", "-Infinity"."""
 
 
@@ -412,18 +507,7 @@ class OptimizerCatalog(BaseModel):
     optimizers: list[OptimizerInfo]
 
 
-Point = Annotated[
-    Any,
-    WithJsonSchema(
-        {
-            "title": "Point",
-            "description": "A point in the variable's shape: a list of numbers for a vector [d], nested lists "
-            "for a tensor with more dimensions.",
-            "type": "array",
-            "items": {"anyOf": [{"type": "number"}, {"type": "array"}]},
-        }
-    ),
-]
+Point = Annotated[Any, DocumentedAs(WireTypes.Point)]
 
 
 class NearestMinimum(BaseModel):
@@ -562,7 +646,7 @@ def _param_field(param: Param) -> tuple[Any, Any]:
     annotation: Any
     constraints: dict[str, Any] = param.bounds()
     if param.tensor:
-        annotation = Tensor | None
+        annotation = CatalogTensor | None
     elif isinstance(param.default, tuple):
         length = len(param.default)
         element = Annotated[float, Field(**constraints)]
