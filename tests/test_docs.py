@@ -37,6 +37,8 @@ does not say next to them. A new one fails ``test_error_bodies_written_as_litera
 NON_SETTING_VARIABLES = {
     "GRADIENT_CHROMIUM": "the browser tests' chromium",
     "GRADIENT_SCREENSHOT_DIR": "where the browser tests save the playground's picture",
+    "GRADIENT_CLIENT_URL": "the client's command line: the service's URL",
+    "GRADIENT_CLIENT_API_KEY": "the client's command line: the API key",
 }
 """``GRADIENT_*`` names the docs may mention that are not settings (the test tools' own)."""
 
