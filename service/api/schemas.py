@@ -284,7 +284,11 @@ class DifferentiateRequest(ComputeRequest):
     derivatives: list[DerivativeName] = Field(
         default_factory=lambda: list[DerivativeName](["grad"]), description="Which derivatives to return."
     )
-    grad_output: Tensor | None = Field(None, description="Cotangent for grad of a non-scalar value; ones by default.")
+    grad_output: Tensor | None = Field(
+        None,
+        description="Cotangent of the value's shape: for grad (ones by default), and for hvp of a non-scalar value "
+        "(the Hessian of grad_output . value).",
+    )
     tangents: dict[str, Tensor] | None = Field(
         None,
         description="Directions for jvp and hvp: {wrt input: tensor of its shape}; inputs left out get zeros.",
@@ -350,7 +354,8 @@ class DifferentiateResponse(BaseModel):
     hessian: dict[str, dict[str, DerivativeOut]] | None = Field(description="Blocks per pair of wrt inputs.")
     jvp: DerivativeOut | None = Field(None, description="The Jacobian-vector product along tangents (value's shape).")
     hvp: dict[str, DerivativeOut] | None = Field(
-        None, description="Per wrt input: the Hessian of the scalar value times the tangents."
+        None,
+        description="Per wrt input: the Hessian of the scalar value (or of grad_output . value) times the tangents.",
     )
     cost: Cost | None = Field(None, description="A dry run's estimate of the work and peak memory.")
     meta: Meta

@@ -64,11 +64,7 @@ def value_and_vjp_many(
     leaves = tuple(x.detach().requires_grad_(True) for x in xs)
     with torch.enable_grad():
         y = fn(*leaves)
-        if grad_output is not None and grad_output.shape != y.shape:
-            raise InvalidInput(
-                f"grad_output has shape {list(grad_output.shape)}, but the value has shape {list(y.shape)}.",
-                error_type="shape_mismatch",
-            )
+        check_cotangent(grad_output, y)
         if not leaves:
             return y.detach(), ()
         if not y.requires_grad:
@@ -78,13 +74,23 @@ def value_and_vjp_many(
     return y.detach(), tuple(grads)
 
 
+def check_cotangent(grad_output: torch.Tensor | None, value: torch.Tensor) -> None:
+    """Refuse a ``grad_output`` not of the value's shape (broadcasting it would be silently wrong)."""
+    if grad_output is not None and grad_output.shape != value.shape:
+        raise InvalidInput(
+            f"grad_output has shape {list(grad_output.shape)}, but the value has shape {list(value.shape)}.",
+            error_type="shape_mismatch",
+        )
+
+
 def value_and_jvp(
     fn: MultiFn, xs: tuple[torch.Tensor, ...], tangents: tuple[torch.Tensor, ...]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``fn(*xs)`` and the Jacobian-vector product ``sum_i d fn / d x_i . tangents_i``: forward
     mode, one pass carrying the tangents beside the values."""
     if not xs:
-        return fn().detach(), torch.zeros_like(fn())
+        value = fn().detach()
+        return value, torch.zeros_like(value)
     value, jvp = torch.func.jvp(fn, tuple(x.detach() for x in xs), tangents)[:2]
     return value.detach(), jvp.detach()
 

@@ -322,6 +322,8 @@ REFUSALS: list[tuple[str, dict[str, torch.Tensor], list[Derivative], dict[str, A
         "x has 2, y has 3",
     ),
     (HIMMELBLAU, POINTS, ["grad"], {"batch": ["x"], "grad_output": torch.ones(3, dtype=F64)}, "shape_mismatch", "[2]"),
+    ("x ** 2", X, ["hvp"], {"tangents": X, "grad_output": torch.ones(1, dtype=F64)}, "shape_mismatch", "grad_output"),
+    ("x ** 2", X, ["jvp"], {"tangents": X, "grad_output": torch.ones(2, 1, dtype=F64)}, "shape_mismatch", "[2, 1]"),
 ]
 
 

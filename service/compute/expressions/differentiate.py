@@ -11,7 +11,7 @@ from typing import Literal
 
 import torch
 
-from service.compute.autodiff import hvps, value_and_jvp, value_and_vjp_many
+from service.compute.autodiff import check_cotangent, hvps, value_and_jvp, value_and_vjp_many
 from service.compute.budgets import META, Cost, estimate
 from service.compute.expressions.language import Limits, Program, compile_program
 from service.compute.runtime import torch_errors
@@ -111,6 +111,7 @@ def differentiate(
         else:
             with torch.no_grad():
                 value = fn(*xs)
+        check_cotangent(grad_output, value)
         if "jvp" in wanted and jvp is None:
             jvp = value_and_jvp(fn, xs, directions)[1]
         if "hessian" in wanted or ("hvp" in wanted and grad_output is None):
