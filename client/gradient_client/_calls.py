@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar, overload
 from urllib.parse import quote
 
-from gradient_client._wire import Kind, Prepared, TensorLike, choose_dtype, prepare, to_wire
+import numpy as np
+
+from gradient_client._wire import Kind, Prepared, TensorLike, as_numpy, choose_dtype, is_array, prepare, to_wire
 from gradient_client.results import (
     ActivationResult,
     DifferentiateResult,
@@ -29,10 +31,15 @@ Objective = str | Mapping[str, Any]
 ``{"expression": ..., "variable": "x", "inputs": {...}}``."""
 OptimizerChoice = str | Mapping[str, Any]
 Derivative = Literal["grad", "jacobian", "hessian", "jvp", "hvp"]
+Integer = int | np.integer[Any]
+"""An integer argument: a Python or a numpy one (sent as a Python number)."""
+Real = float | np.floating[Any]
+"""A real argument: a Python or a numpy one (sent as a Python number)."""
 
 RESPONSE_ENCODING = "base64"
-"""Response tensors always come back base64-encoded: exact, and faster to read than JSON text at
-every size (see docs/client.md#encodings)."""
+"""Response tensors always come back base64-encoded: exact, as fast as JSON text for small
+tensors (below 64 elements both cost the same) and much faster for large ones (see
+docs/client.md#encodings)."""
 
 
 @dataclass(frozen=True)
@@ -49,7 +56,10 @@ class Call(Generic[T]):
 
     def __post_init__(self) -> None:
         if self.body is not None:
-            text = json.dumps(self.body, allow_nan=False, separators=(",", ":"))
+            try:
+                text = json.dumps(self.body, allow_nan=False, separators=(",", ":"))
+            except ValueError as exc:  # NaN or infinity outside a tensor: JSON has no such number
+                raise ValueError(f"the request holds a number JSON cannot carry, outside a tensor: {exc}") from None
             object.__setattr__(self, "content", text.encode())
 
 
@@ -91,13 +101,33 @@ def _prepared(value: Any) -> Iterator[Prepared]:
 
 
 def _encoded(value: Any, dtype: str) -> Any:
+    """A field's JSON value: ``Prepared`` tensors in ``dtype``, numpy scalars as Python numbers,
+    other arrays (an optimizer's ``betas``, say) as lists."""
     if isinstance(value, Prepared):
         return to_wire(value, dtype)
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         return {key: _encoded(item, dtype) for key, item in value.items()}
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):
         return [_encoded(item, dtype) for item in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if is_array(value):
+        return as_numpy(value, "a value").tolist()
     return value
+
+
+def _params(params: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """An activation's or a loss's ``params``: arrays and tensors (``pos_weight``) travel as
+    request tensors, in the request's dtype; a 0-d one, as a numpy scalar, is a plain number."""
+    if params is None:
+        return None
+    plain: dict[str, Any] = {}
+    for name, value in params.items():
+        if is_array(value):
+            array = as_numpy(value, f"params.{name}")
+            value = array.item() if array.ndim == 0 else prepare(array, Kind.FLOAT, f"params.{name}")
+        plain[name] = value
+    return plain
 
 
 def _tensor(value: TensorLike | None, where: str, kind: Kind = Kind.FLOAT) -> Prepared | None:
@@ -171,7 +201,7 @@ def activation(
     derivative ``grad2``, full ``jacobian`` and forward-mode ``jvp`` along ``tangent``."""
     fields = {
         "input": prepare(input, Kind.FLOAT, "input"),
-        "params": None if params is None else dict(params),
+        "params": _params(params),
         "grad_output": _tensor(grad_output, "grad_output"),
         "tangent": _tensor(tangent, "tangent"),
         "second_order": second_order or None,
@@ -197,7 +227,7 @@ def loss(
         "input": prepare(input, Kind.FLOAT, "input"),
         "target": _tensor(target, "target", Kind.INDEX),
         "weight": _tensor(weight, "weight"),
-        "params": None if params is None else dict(params),
+        "params": _params(params),
         "grad_output": _tensor(grad_output, "grad_output"),
     }
     return _post(f"/v1/losses/{_name(name)}", LossResult.parse, fields, dtype, device)
@@ -289,11 +319,11 @@ def optimize(
     x0: TensorLike | None = None,
     starts: TensorLike | None = None,
     optimizer: OptimizerChoice | Sequence[OptimizerChoice] = "adam",
-    steps: int | None = None,
-    record_every: int | None = None,
-    tolerance: float | None = None,
+    steps: Integer | None = None,
+    record_every: Integer | None = None,
+    tolerance: Real | None = None,
     report: Literal["runs", "summary"] = "runs",
-    reach_tolerance: float | None = None,
+    reach_tolerance: Real | None = None,
     dtype: str | None = None,
     device: str | None = None,
 ) -> Call[OptimizeResult]:
@@ -316,10 +346,10 @@ def optimize(
 
 def landscape(
     objective: Objective,
-    x_range: Sequence[float],
-    y_range: Sequence[float],
+    x_range: Sequence[Real],
+    y_range: Sequence[Real],
     *,
-    resolution: int | Sequence[int] | None = None,
+    resolution: Integer | Sequence[Integer] | None = None,
     gradient: bool = False,
     dtype: str | None = None,
     device: str | None = None,
@@ -331,10 +361,16 @@ def landscape(
         "objective": _objective(objective),
         "x_range": [float(value) for value in x_range],
         "y_range": [float(value) for value in y_range],
-        "resolution": resolution if resolution is None or isinstance(resolution, int) else list(resolution),
+        "resolution": _resolution(resolution),
         "gradient": gradient or None,
     }
     return _post("/v1/landscape", LandscapeResult.parse, fields, dtype, device)
+
+
+def _resolution(resolution: Integer | Sequence[Integer] | None) -> Integer | list[Integer] | None:
+    if resolution is None or isinstance(resolution, int | np.integer):
+        return resolution
+    return list(resolution)
 
 
 OBJECTIVE_KEYS = frozenset({"expression", "variable", "inputs"})

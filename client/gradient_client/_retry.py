@@ -10,6 +10,10 @@ from dataclasses import dataclass
 import httpx
 
 RETRIED_STATUSES = frozenset({429, 503})
+RETRIED_503_TYPES = frozenset({"overloaded"})
+"""The 503s worth another try: a full service. A 503 for running out of memory
+(``out_of_memory``, ``device_out_of_memory``, also sent with a ``Retry-After``) is raised at
+once: the same request would most likely run out again, at the same cost to the service."""
 
 RETRIED_EXCEPTIONS: tuple[type[Exception], ...] = (
     httpx.ConnectError,  # refused, unreachable, DNS
@@ -35,10 +39,13 @@ class RetryPolicy:
     """``Retry-After`` waits are lengthened by up to this fraction, so that clients told the same
     wait do not all come back at once."""
 
-    def wait_after_status(self, attempt: int, status: int, retry_after: float | None) -> float | None:
-        """Seconds to wait before retrying an answer of ``status`` (``attempt`` counts from 0),
-        or None not to retry."""
-        if status not in RETRIED_STATUSES or attempt >= self.retries:
+    def wait_after_status(
+        self, attempt: int, status: int, retry_after: float | None, error_type: str | None = None
+    ) -> float | None:
+        """Seconds to wait before retrying an answer of ``status`` whose error body has the type
+        ``error_type`` (``None``: no error body), ``attempt`` counting from 0; or None not to
+        retry. A 429 is always retried, a 503 only when the service is full (``overloaded``)."""
+        if not is_retried(status, error_type) or attempt >= self.retries:
             return None
         if retry_after is not None:
             wait = min(retry_after, self.max_retry_after_s)
@@ -55,6 +62,13 @@ class RetryPolicy:
         ``max_backoff_s``), at least half of it."""
         ceiling = min(self.max_backoff_s, self.backoff_s * 2.0**attempt)
         return ceiling * (0.5 + 0.5 * random.random())
+
+
+def is_retried(status: int, error_type: str | None) -> bool:
+    """Whether an answer of ``status`` with an error body of type ``error_type`` may be retried."""
+    if status not in RETRIED_STATUSES:
+        return False
+    return status != 503 or error_type in RETRIED_503_TYPES
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:

@@ -77,7 +77,7 @@ class Prepared:
 def prepare(value: TensorLike, kind: Kind, where: str) -> Prepared:
     """``value`` as a numpy array (torch tensors through ``.numpy()``, never importing torch)."""
     weak = isinstance(value, int | float | list | tuple) and not isinstance(value, np.generic)
-    array = _as_numpy(value, where)
+    array = as_numpy(value, where)
     if array.dtype.kind == "b":
         array = array.astype(np.int64)
     if array.dtype.kind in "iu":
@@ -89,7 +89,19 @@ def prepare(value: TensorLike, kind: Kind, where: str) -> Prepared:
     return Prepared(array, weak)
 
 
-def _as_numpy(value: Any, where: str) -> Array:
+def is_array(value: Any) -> bool:
+    """Whether ``value`` is an array or a tensor (rather than a number or a list)."""
+    if isinstance(value, np.ndarray):
+        return True
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(value, torch.Tensor):
+        return True
+    return hasattr(value, "__array__") and not isinstance(value, np.generic)
+
+
+def as_numpy(value: Any, where: str) -> Array:
+    """``value`` as a numpy array: a torch tensor detached and on the CPU (floating ones other
+    than float32 and float64 as float32), never importing torch."""
     if isinstance(value, np.ndarray):
         return value
     torch = sys.modules.get("torch")
@@ -152,10 +164,6 @@ def _strings_for_non_finite(value: Any) -> Any:
     if math.isinf(value):
         return "Infinity" if value > 0 else "-Infinity"
     return value
-
-
-def is_large(tensors: Iterable[Prepared]) -> bool:
-    return any(tensor.array.size > TINY for tensor in tensors)
 
 
 # --- responses ---------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """``gradient-client``: the service from a shell.
 
     gradient-client differentiate '(x[0] ** 2 + x[1] - 11) ** 2 + (x[0] + x[1] ** 2 - 7) ** 2' x=3,2 --hessian
+    gradient-client differentiate 'sum(x * y)' x=1,2 y=3,4 --tangent x=1,0 --tangent y=0,1 --jvp --hvp
     gradient-client optimize himmelblau --starts '1,0;-4,0' --optimizer adam:lr=0.05 --steps 2000
     gradient-client info
 
@@ -172,9 +173,9 @@ def run_list(client: Client, args: argparse.Namespace, out: TextIO) -> None:
 def run_differentiate(client: Client, args: argparse.Namespace, out: TextIO) -> None:
     derivatives: list[Derivative] = [name for name in DERIVATIVES if getattr(args, name)] or ["grad"]
     tangents: dict[str, Any] = {}
-    for name, value in (args.jvp or []) + (args.hvp or []):
-        if name in tangents and tangents[name] != value:
-            raise SystemExit(f"error: two different tangents for {name}")
+    for name, value in args.tangent or []:
+        if name in tangents:
+            raise SystemExit(f"error: two tangents for {name}")
         tangents[name] = value
     result = client.differentiate(
         args.expression,
@@ -358,7 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--api-key", default=None, help=f"sent as Authorization: Bearer (default: ${API_KEY_VARIABLE})")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for an answer (default 120)")
-    parser.add_argument("--retries", type=int, default=3, help="retries of 429, 503 and connection failures")
+    parser.add_argument(
+        "--retries", type=int, default=3, help="retries of a busy service (429, 503 overloaded) and connection failures"
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -377,11 +380,14 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("--grad", action="store_true", help="return the gradient (the default)")
     diff.add_argument("--jacobian", action="store_true", help="return the Jacobian")
     diff.add_argument("--hessian", action="store_true", help="return the Hessian")
+    diff.add_argument("--jvp", action="store_true", help="return the JVP along the --tangent directions")
+    diff.add_argument("--hvp", action="store_true", help="return the Hessian times the --tangent directions")
     diff.add_argument(
-        "--jvp", action="append", type=parse_assignment, metavar="NAME=VALUES", help="the JVP along this tangent"
-    )
-    diff.add_argument(
-        "--hvp", action="append", type=parse_assignment, metavar="NAME=VALUES", help="the Hessian times this tangent"
+        "--tangent",
+        action="append",
+        type=parse_assignment,
+        metavar="NAME=VALUES",
+        help="this input's direction, for --jvp and --hvp alike (repeatable, one per input)",
     )
     diff.add_argument("--wrt", action="append", metavar="NAME", help="differentiate w.r.t. this input (repeatable)")
     diff.add_argument(
@@ -437,8 +443,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 run_differentiate(client, args, sys.stdout)
             else:
                 run_optimize(client, args, sys.stdout, sys.stderr)
-    except GradientError as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (GradientError, TypeError, ValueError) as error:
+        # The service's errors, and the client's own refusals of a value before sending it (a
+        # ragged array, a string for a number, a NaN outside a tensor).
+        print(f"error: {_one_line(str(error))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -446,6 +454,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     return 0
+
+
+def _one_line(text: str) -> str:
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 if __name__ == "__main__":

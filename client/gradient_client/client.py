@@ -14,6 +14,7 @@ import functools
 import inspect
 import itertools
 import json
+import re
 import time
 import uuid
 from collections.abc import AsyncGenerator, Callable, Coroutine, Generator
@@ -58,6 +59,8 @@ class _Send:
     call: Call[Any]
     headers: dict[str, str]
     stream: bool
+    request_id: str
+    """The call's ``X-Request-ID`` (in ``headers`` too), the same for every attempt."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,9 @@ class _Reply:
     content: bytes
     """The body; empty for a successful stream, whose body is read from ``response``."""
     response: httpx.Response
+    request_id: str
+    """The ``X-Request-ID`` the request was sent with: what an error is reported with when the
+    answer does not name its own (a stream's ``error`` event, a proxy that drops the header)."""
 
 
 _Exchange = Generator[_Send | _Sleep, _Reply | Exception | None, _Reply]
@@ -122,7 +128,7 @@ def _exchange(settings: _Settings, call: Call[Any], stream: bool = False) -> _Ex
     request_id = uuid.uuid4().hex
     headers = settings.headers(request_id, call, stream)
     for attempt in itertools.count():
-        outcome = yield _Send(call, headers, stream)
+        outcome = yield _Send(call, headers, stream, request_id)
         if isinstance(outcome, Exception):
             wait = settings.policy.wait_after_exception(attempt, outcome)
             if wait is None:
@@ -132,10 +138,11 @@ def _exchange(settings: _Settings, call: Call[Any], stream: bool = False) -> _Ex
             if 200 <= outcome.status < 300:
                 return outcome
             retry_after = parse_retry_after(outcome.headers.get("retry-after"))
-            wait = settings.policy.wait_after_status(attempt, outcome.status, retry_after)
+            answered_id = outcome.headers.get(REQUEST_ID_HEADER) or request_id
+            error = error_from_response(outcome.status, outcome.content, answered_id, retry_after)
+            wait = settings.policy.wait_after_status(attempt, outcome.status, retry_after, error.type)
             if wait is None:
-                answered_id = outcome.headers.get(REQUEST_ID_HEADER) or request_id
-                raise error_from_response(outcome.status, outcome.content, answered_id, retry_after)
+                raise error
         yield _Sleep(wait)
     raise AssertionError("unreachable")  # pragma: no cover
 
@@ -156,7 +163,7 @@ class _StreamReader:
     ``error`` event becomes its exception (with the status the same error has outside a
     stream)."""
 
-    def __init__(self, dtype: str, request_id: str | None) -> None:
+    def __init__(self, dtype: str, request_id: str) -> None:
         self.parser = EventParser()
         self.dtype = dtype
         self.request_id = request_id
@@ -188,20 +195,43 @@ class _StreamReader:
         return None  # an event type this client does not know
 
 
-def _signature_of(method: Callable[..., Any], build: Callable[..., Any], owner: str, returns: Any = None) -> None:
-    """Give a generated method the builder's name, documentation and signature (plus ``self``,
-    and what the method returns rather than the builder's ``Call``)."""
+def _signature_of(
+    method: Callable[..., Any], build: Callable[..., Any], owner: str, returns: Any = None, name: str | None = None
+) -> None:
+    """Give a generated method the builder's name (or ``name``), documentation and signature
+    (plus ``self``, and what the method returns rather than the builder's ``Call``)."""
     functools.update_wrapper(method, build)
     del method.__wrapped__  # type: ignore[attr-defined]
     method.__module__ = __name__
-    method.__qualname__ = f"{owner}.{build.__name__}"
+    method.__name__ = name or build.__name__
+    method.__qualname__ = f"{owner}.{method.__name__}"
     signature = inspect.signature(build)
     if returns is None:
-        returns = str(signature.return_annotation).removeprefix("Call[").removesuffix("]")
+        returns = _unwrap_calls(str(signature.return_annotation))
     self_parameter = inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY)
     method.__signature__ = signature.replace(  # type: ignore[attr-defined]
         parameters=[self_parameter, *signature.parameters.values()], return_annotation=returns
     )
+
+
+_CALL = re.compile(r"(?<![\w.])Call\[")
+
+
+def _unwrap_calls(annotation: str) -> str:
+    """A builder's return annotation with each ``Call[X]`` read as ``X``, what the method returns:
+    ``Call[DifferentiateResult] | Call[DryRunResult]`` is ``DifferentiateResult | DryRunResult``."""
+    pieces: list[str] = []
+    rest = annotation
+    while (found := _CALL.search(rest)) is not None:
+        depth, end = 1, found.end()
+        while depth:
+            if end == len(rest):
+                raise ValueError(f"unbalanced brackets in the annotation {annotation!r}")
+            depth += {"[": 1, "]": -1}.get(rest[end], 0)
+            end += 1
+        pieces += [rest[: found.start()], _unwrap_calls(rest[found.end() : end - 1])]
+        rest = rest[end:]
+    return "".join(pieces) + rest
 
 
 # --- the blocking client -----------------------------------------------------------------------
@@ -219,7 +249,7 @@ def _blocking_stream(build: Callable[P, Call[OptimizeResult]]) -> Callable[Conca
     def method(self: Client, /, *args: P.args, **kwargs: P.kwargs) -> EventStream:
         return EventStream(self, build(*args, **kwargs))
 
-    _signature_of(method, build, "Client", "EventStream")
+    _signature_of(method, build, "Client", "EventStream", "optimize_stream")
     method.__doc__ = "Like ``optimize``, streamed: an iterator of progress events, then the result event."
     return method
 
@@ -227,9 +257,10 @@ def _blocking_stream(build: Callable[P, Call[OptimizeResult]]) -> Callable[Conca
 class Client:
     """A blocking client of Gradient Service. ``base_url`` is the service's root
     (``http://127.0.0.1:8000``); ``api_key`` is sent as ``Authorization: Bearer``; ``timeout``
-    (seconds, ``None`` for none) bounds each attempt; 429 and 503 answers and connection
-    failures are retried up to ``retries`` times; at most ``max_connections`` connections are
-    kept open. Use it as a context manager, or call ``close()``."""
+    (seconds, ``None`` for none) bounds each attempt; a busy service's answers (429, and 503
+    ``overloaded``; not a 503 for running out of memory) and connection failures are retried up
+    to ``retries`` times; at most ``max_connections`` connections are kept open. Use it as a
+    context manager, or call ``close()``."""
 
     def __init__(
         self,
@@ -297,7 +328,7 @@ class Client:
             finally:
                 response.close()
         content = b"" if send.stream and response.is_success else response.content
-        return _Reply(response.status_code, response.headers, content, response)
+        return _Reply(response.status_code, response.headers, content, response, send.request_id)
 
     activations = _blocking(_calls.activations)
     losses = _blocking(_calls.losses)
@@ -345,13 +376,13 @@ class EventStream:
         # ``for`` loop is then freed, and its connection closed, at once (not by the cycle collector).
         reply = client._drive(_exchange(client._settings, call, stream=True))
         response = reply.response
-        reader = _StreamReader(call.dtype or "float32", response.headers.get(REQUEST_ID_HEADER))
+        reader = _StreamReader(call.dtype or "float32", response.headers.get(REQUEST_ID_HEADER) or reply.request_id)
         try:
             for text in response.iter_text():
                 yield from reader.feed(text)
             yield from reader.finish()
         except httpx.TransportError as exc:
-            raise _network_error(exc, reader.request_id or "", 1) from exc
+            raise _network_error(exc, reader.request_id, 1) from exc
         finally:
             response.close()
 
@@ -387,7 +418,7 @@ def _async_stream(
     def method(self: AsyncClient, /, *args: P.args, **kwargs: P.kwargs) -> AsyncEventStream:
         return AsyncEventStream(self, build(*args, **kwargs))
 
-    _signature_of(method, build, "AsyncClient", "AsyncEventStream")
+    _signature_of(method, build, "AsyncClient", "AsyncEventStream", "optimize_stream")
     method.__doc__ = (
         "Like ``optimize``, streamed: an async iterator of progress events, then the result event "
         "(not a coroutine: ``async for event in client.optimize_stream(...)``)."
@@ -466,7 +497,7 @@ class AsyncClient:
             finally:
                 await response.aclose()
         content = b"" if send.stream and response.is_success else response.content
-        return _Reply(response.status_code, response.headers, content, response)
+        return _Reply(response.status_code, response.headers, content, response, send.request_id)
 
     activations = _async(_calls.activations)
     losses = _async(_calls.losses)
@@ -512,7 +543,7 @@ class AsyncEventStream:
         # Static, for the same reason as EventStream._read.
         reply = await client._drive(_exchange(client._settings, call, stream=True))
         response = reply.response
-        reader = _StreamReader(call.dtype or "float32", response.headers.get(REQUEST_ID_HEADER))
+        reader = _StreamReader(call.dtype or "float32", response.headers.get(REQUEST_ID_HEADER) or reply.request_id)
         try:
             async for text in response.aiter_text():
                 for event in reader.feed(text):
@@ -520,7 +551,7 @@ class AsyncEventStream:
             for event in reader.finish():
                 yield event
         except httpx.TransportError as exc:
-            raise _network_error(exc, reader.request_id or "", 1) from exc
+            raise _network_error(exc, reader.request_id, 1) from exc
         finally:
             await response.aclose()
 

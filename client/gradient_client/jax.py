@@ -20,8 +20,9 @@ the service's ``batch`` (vmap semantics), the others once, shared. The first cal
 shapes also sends a dry run, to learn the value's shape (JAX needs it before computing);
 remembered per shapes and dtypes.
 
-The request's dtype follows the inputs: float64 when any is float64 (enable x64 in JAX), else
-float32. Importing this module imports JAX; importing ``gradient_client`` does not.
+The request's dtype follows the inputs and the constants: float64 when any is float64 (enable x64
+in JAX; without it a float64 constant is float32, as JAX makes it), else float32. Importing this
+module imports JAX; importing ``gradient_client`` does not.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradient_client import Client, DifferentiateResult
+from gradient_client._adapters import ThirdOrderError, has_own_dtype, input_names, request_dtype
 
 Derivative = Literal["grad", "jvp", "hvp"]
 
@@ -76,18 +78,13 @@ class RemoteFunction:
         *,
         device: str | None = None,
     ) -> None:
-        names = [inputs] if isinstance(inputs, str) else list(inputs)
-        if not names:
-            raise ValueError("inputs must name at least one input of the formula")
-        if len(set(names)) != len(names):
-            raise ValueError(f"inputs name an input twice: {names}")
-        shared = sorted(set(names) & set(constants or {}))
-        if shared:
-            raise ValueError(f"{shared} are both inputs and constants")
         self.client = client
         self.expression = expression
-        self.names: tuple[str, ...] = tuple(names)
+        self.names = input_names(inputs, constants)
         self.constants: dict[str, Any] = {name: np.asarray(value) for name, value in (constants or {}).items()}
+        self._constant_dtypes = [
+            self.constants[name].dtype for name, value in (constants or {}).items() if has_own_dtype(value)
+        ]  # not a Python number's, which np.asarray makes float64
         self.device = device
         self._shapes: dict[tuple[Any, ...], tuple[int, ...]] = {}
         """The value's shape per signature of the inputs (their shapes and dtypes): the only
@@ -107,11 +104,17 @@ class RemoteFunction:
     def __repr__(self) -> str:
         return f"RemoteFunction({self.expression!r}, inputs={list(self.names)})"
 
+    def request_dtype(self, xs: Sequence[Any]) -> str:
+        """float64 when any input or constant is float64, else float32; a constant's dtype as JAX
+        would make it (float32 for a float64 array, without x64)."""
+        constants = (jax.dtypes.canonicalize_dtype(dtype) for dtype in self._constant_dtypes)
+        return request_dtype([*(x.dtype for x in xs), *constants])
+
     # --- shapes ---------------------------------------------------------------------------------
 
     def value_shape(self, xs: Arrays) -> tuple[int, ...]:
         """The value's shape at inputs of these shapes: a dry run, once per signature."""
-        key = (request_dtype(xs), *((tuple(x.shape), str(x.dtype)) for x in xs))
+        key = (self.request_dtype(xs), *((tuple(x.shape), str(x.dtype)) for x in xs))
         if key not in self._shapes:
             inputs: dict[str, Any] = dict(self.constants)
             inputs.update(
@@ -123,7 +126,7 @@ class RemoteFunction:
                 wrt=[],
                 derivatives=[],
                 dry_run=True,
-                dtype=request_dtype(xs),
+                dtype=self.request_dtype(xs),
                 device=self.device,
             )
             self._shapes[key] = tuple(dry.value.shape)
@@ -151,7 +154,7 @@ class RemoteFunction:
             grad_output=grad_output,
             tangents=None if tangents is None else dict(tangents),
             batch=None if not batch else list(batch),
-            dtype=request_dtype(xs),
+            dtype=self.request_dtype(xs),
             device=self.device,
         )
 
@@ -346,11 +349,6 @@ class RemoteFunction:
         return value
 
 
-def request_dtype(xs: Sequence[Any]) -> str:
-    """float64 when any input is float64, else float32."""
-    return "float64" if any(np.dtype(x.dtype) == np.float64 for x in xs) else "float32"
-
-
 def _last_order(host: Callable[..., Any], specs: Any, *operands: jax.Array) -> Any:
     """``jax.pure_callback(host, ...)`` for second derivatives: differentiating them (a third
     derivative) raises a clear error rather than JAX's about callbacks and JVPs."""
@@ -370,10 +368,6 @@ def _last_order(host: Callable[..., Any], specs: Any, *operands: jax.Array) -> A
 
     second.defvjp(second_fwd, second_bwd)
     return second(*operands)
-
-
-class ThirdOrderError(RuntimeError):
-    """Raised when JAX asks for a third derivative of a remote formula."""
 
 
 def _spec(shape: Sequence[int], dtype: Any) -> Any:

@@ -15,8 +15,8 @@ service's too:
   inputs), and ``jvp`` along those tangents (its derivative with respect to ``grad_output``).
   A third derivative raises :class:`ThirdOrderError` (never a silent zero).
 
-The request's dtype follows the inputs (float64 when any is float64, else float32); results come
-back in the inputs' dtype, on the inputs' device. Importing this module imports torch; importing
+The request's dtype follows the inputs and the constants (float64 when any is float64, else
+float32); results come back in the inputs' dtype, on the inputs' device. Importing this module imports torch; importing
 ``gradient_client`` does not.
 """
 
@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from gradient_client import Client, DifferentiateResult
+from gradient_client._adapters import ThirdOrderError, has_own_dtype, input_names, request_dtype
 
 Derivative = Literal["grad", "jvp", "hvp"]
 
@@ -64,19 +65,12 @@ class RemoteFunction:
         *,
         device: str | None = None,
     ) -> None:
-        names = [inputs] if isinstance(inputs, str) else list(inputs)
-        if not names:
-            raise ValueError("inputs must name at least one input of the formula")
-        if len(set(names)) != len(names):
-            raise ValueError(f"inputs name an input twice: {names}")
-        shared = sorted(set(names) & set(constants or {}))
-        if shared:
-            raise ValueError(f"{shared} are both inputs and constants")
         self.client = client
         self.expression = expression
-        self.names: tuple[str, ...] = tuple(names)
+        self.names = input_names(inputs, constants)
         self.constants: dict[str, Any] = dict(constants or {})
         self.device = device
+        self._constant_dtypes = [value.dtype for value in self.constants.values() if has_own_dtype(value)]
         self._scalar: dict[tuple[Any, ...], bool] = {}
         """Whether the value is a scalar, per signature of the inputs (their shapes and dtypes and
         the request's dtype): the only thing remembered between calls."""
@@ -115,12 +109,16 @@ class RemoteFunction:
             derivatives=list(derivatives),
             grad_output=grad_output,
             tangents=None if tangents is None else dict(tangents),
-            dtype=request_dtype(tensors),
+            dtype=self.request_dtype(tensors),
             device=self.device,
         )
 
+    def request_dtype(self, tensors: Sequence[torch.Tensor]) -> str:
+        """float64 when any floating input or constant is float64, else float32."""
+        return request_dtype([*(t.dtype for t in tensors), *self._constant_dtypes])
+
     def signature(self, tensors: Sequence[torch.Tensor]) -> tuple[Any, ...]:
-        return (request_dtype(tensors), *((tuple(t.shape), str(t.dtype)) for t in tensors))
+        return (self.request_dtype(tensors), *((tuple(t.shape), str(t.dtype)) for t in tensors))
 
     def maybe_scalar(self, tensors: Sequence[torch.Tensor]) -> bool:
         """Whether the value may be a scalar: true until a call with these signatures told."""
@@ -128,11 +126,6 @@ class RemoteFunction:
 
     def learn(self, tensors: Sequence[torch.Tensor], value: np.ndarray[Any, Any]) -> None:
         self._scalar[self.signature(tensors)] = value.ndim == 0
-
-
-def request_dtype(tensors: Sequence[torch.Tensor]) -> str:
-    """float64 when any floating input is float64, else float32."""
-    return "float64" if any(t.dtype == torch.float64 for t in tensors) else "float32"
 
 
 def _result_dtype(tensors: Sequence[torch.Tensor]) -> torch.dtype:
@@ -256,10 +249,6 @@ class _VJP(torch.autograd.Function):
                 d_output = None if d_output is None else _no_third_order(d_output, depends)
                 d_inputs = [None if d is None else _no_third_order(d, depends) for d in d_inputs]
         return (None, None, None, d_output, *d_inputs)
-
-
-class ThirdOrderError(RuntimeError):
-    """Raised when torch asks for a third derivative of a remote formula."""
 
 
 def _no_third_order(derivative: torch.Tensor, depends: Sequence[torch.Tensor]) -> torch.Tensor:

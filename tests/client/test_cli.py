@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
-from gradient_client.cli import API_KEY_VARIABLE, URL_VARIABLE, parse_optimizer, parse_tensor
+from gradient_client import cli
+from gradient_client.cli import URL_VARIABLE, parse_optimizer, parse_tensor
 
 from bench.servers import free_port
 from tests.client.test_client import HIMMELBLAU
 
 COMMAND = Path(sys.executable).parent / "gradient-client"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def gradient_client(*args: str, url: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -36,8 +41,17 @@ def test_differentiate_prints_the_value_and_the_derivatives(service_url: str) ->
 
 
 def test_differentiate_with_tangents_a_dry_run_and_json(service_url: str) -> None:
-    done = gradient_client("differentiate", "sum(x ** 2)", "x=1,2", "--jvp", "x=1,0", "--hvp", "x=1,0", url=service_url)
+    done = gradient_client(
+        "differentiate", "sum(x ** 2)", "x=1,2", "--tangent", "x=1,0", "--jvp", "--hvp", url=service_url
+    )
     assert done.stdout.splitlines() == ["value: 5.0", "hvp.x: [2.0, 0.0]", "jvp: 2.0"]
+    # One direction per input, shared by --jvp and --hvp (the request's one tangents map).
+    done = gradient_client(
+        "differentiate", "sum(x * y)", "x=1,2", "y=3,4", "--tangent", "x=1,0", "--tangent", "y=0,1", "--jvp", "--hvp",
+        url=service_url,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["value: 11.0", "hvp.x: [0.0, 1.0]", "hvp.y: [1.0, 0.0]", "jvp: 5.0"]
     done = gradient_client(
         "differentiate", "sum(W @ W @ W)", "W=[[1, 2], [3, 4]]", "--grad", "--hessian", "--dry-run", url=service_url
     )
@@ -102,6 +116,23 @@ def test_errors_are_one_line_on_stderr(service_url: str) -> None:
     assert usage.returncode != 0 and "give one of --x0 and --starts" in usage.stderr
 
 
+def test_the_clients_own_refusals_are_one_line_on_stderr() -> None:
+    """Refused before anything is sent (nothing listens at the URL): a value that is no array of
+    numbers, a NaN where JSON has none, one input's direction given twice."""
+    url = f"http://127.0.0.1:{free_port()}"
+    ragged = gradient_client("differentiate", "sum(x)", "x=[[1],[2,3]]", url=url)
+    assert (ragged.returncode, ragged.stdout) == (1, "")
+    assert ragged.stderr.startswith("error: inputs.x is not a rectangular array of numbers: ")
+    words = gradient_client("differentiate", "sum(x)", 'x=["a"]', url=url)
+    assert (words.returncode, words.stderr) == (1, "error: inputs.x must hold real numbers, not <U1 values\n")
+    nan = gradient_client("optimize", "himmelblau", "--x0", "1,0", "--optimizer", "adam:lr=NaN", "--quiet", url=url)
+    assert nan.returncode == 1 and nan.stderr.startswith("error: the request holds a number JSON cannot carry")
+    twice = gradient_client("differentiate", "sum(x)", "x=1,2", "--tangent", "x=1,0", "--tangent", "x=0,1", url=url)
+    assert (twice.returncode, twice.stderr) == (1, "error: two tangents for x\n")
+    for done in (ragged, words, nan, twice):
+        assert len(done.stderr.splitlines()) == 1 and "Traceback" not in done.stderr, done.stderr
+
+
 def test_the_module_runs_too() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "gradient_client", "--version"], capture_output=True, text=True, check=True
@@ -129,6 +160,30 @@ def test_values_and_optimizers_from_the_command_line() -> None:
     assert parse_optimizer('{"name": "sgd", "lr": 0.1}') == {"name": "sgd", "lr": 0.1}
 
 
+def environment_variables_read(module: Any) -> set[str]:
+    """The names ``module`` reads with ``os.environ.get(NAME)``, ``os.environ[NAME]`` or
+    ``os.getenv(NAME)``, ``NAME`` a string or a module constant (found with ``ast``)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(Path(module.__file__).read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Call) and ast.unparse(node.func) in ("os.environ.get", "os.getenv") and node.args:
+            argument = node.args[0]
+        elif isinstance(node, ast.Subscript) and ast.unparse(node.value) == "os.environ":
+            argument = node.slice
+        else:
+            continue
+        if isinstance(argument, ast.Constant) and isinstance(argument.value, str):
+            names.add(argument.value)
+        elif isinstance(argument, ast.Name) and isinstance(getattr(module, argument.id, None), str):
+            names.add(getattr(module, argument.id))
+        else:
+            raise AssertionError(f"{module.__name__} reads an environment variable named by {ast.unparse(argument)}")
+    return names
+
+
 def test_the_environment_variables_are_the_documented_ones() -> None:
-    """docs/client.md names them; tests/test_docs.py checks every GRADIENT_* name the docs use."""
-    assert (URL_VARIABLE, API_KEY_VARIABLE) == ("GRADIENT_CLIENT_URL", "GRADIENT_CLIENT_API_KEY")
+    """Each variable the command line reads is in docs/client.md, and each GRADIENT_CLIENT_* name
+    there is read (tests/test_docs.py checks every GRADIENT_* name the docs use against Settings)."""
+    read = environment_variables_read(cli)
+    assert URL_VARIABLE in read  # the search finds a name read through a constant
+    documented = set(re.findall(r"\bGRADIENT_CLIENT_[A-Z0-9_]+\b", (ROOT / "docs" / "client.md").read_text()))
+    assert read == documented

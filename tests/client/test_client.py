@@ -4,7 +4,9 @@ wire format, the event-stream parser, the retry policy) on their own."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import http.server
 import inspect
 import itertools
 import json
@@ -24,6 +26,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from gradient_client import (
+    AsyncClient,
     Client,
     ClientTimeoutError,
     ConnectionFailedError,
@@ -38,10 +41,12 @@ from gradient_client import (
     TooLargeError,
     UnauthorizedError,
     ValidationError,
+    _calls,
 )
 from gradient_client._retry import RetryPolicy, parse_retry_after
 from gradient_client._sse import Event, EventParser
 from gradient_client._wire import TINY, Kind, choose_dtype, from_wire, prepare, to_wire
+from gradient_client.client import _exchange, _Reply, _Send, _Settings, _Sleep
 from gradient_client.errors import error_from_body, status_of_type
 
 import service
@@ -99,13 +104,37 @@ def test_the_client_and_the_service_have_one_version() -> None:
     assert gradient_client.__version__ == service.__version__
 
 
+RETURNS = {
+    "activations": "list[dict[str, Any]]",
+    "losses": "list[dict[str, Any]]",
+    "functions": "dict[str, Any]",
+    "objectives": "list[dict[str, Any]]",
+    "optimizers": "list[dict[str, Any]]",
+    "info": "dict[str, Any]",
+    "activation": "ActivationResult",
+    "loss": "LossResult",
+    "differentiate": "DifferentiateResult | DryRunResult",
+    "optimize": "OptimizeResult",
+    "landscape": "LandscapeResult",
+}
+"""What each method of both clients returns (``optimize_stream`` aside), as its signature says."""
+
+
 def test_methods_carry_their_signature_and_documentation() -> None:
+    for client_class, stream in ((Client, "EventStream"), (AsyncClient, "AsyncEventStream")):
+        methods = {name for name, value in vars(client_class).items() if callable(value) and name[0] != "_"}
+        assert methods == {*RETURNS, "optimize_stream", "close"}
+        for name, returns in {**RETURNS, "optimize_stream": stream}.items():
+            method = getattr(client_class, name)
+            build = getattr(_calls, name.removesuffix("_stream"))
+            signature = inspect.signature(method)
+            assert list(signature.parameters) == ["self", *inspect.signature(build).parameters], name
+            assert signature.return_annotation == returns, name
+            assert method.__qualname__ == f"{client_class.__name__}.{name}"
+            assert method.__doc__, name
     signature = inspect.signature(Client.activation)
     assert list(signature.parameters)[:3] == ["self", "name", "input"]
-    assert signature.return_annotation == "ActivationResult"
     assert "``hessian``" in (Client.differentiate.__doc__ or "")
-    assert Client.differentiate.__qualname__ == "Client.differentiate"
-    assert inspect.signature(gradient_client.AsyncClient.optimize_stream).return_annotation == "AsyncEventStream"
 
 
 # --- activations -------------------------------------------------------------------------------
@@ -484,6 +513,43 @@ def test_catalogs_and_info(client: Client) -> None:
     assert info["version"] == gradient_client.__version__ and "base64" in info["encodings"]
 
 
+def test_numpy_values_in_params_and_arguments(client: Client) -> None:
+    """numpy scalars wherever a number goes; arrays and tensors in ``params`` as request tensors."""
+    logits = np.array([[0.5, -1.0, 2.0], [1.5, 0.25, -0.75]])
+    target = np.array([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]])
+    pos_weight = np.array([2.0, 0.5, 3.0])
+    local_input = torch.tensor(logits, requires_grad=True)
+    local = F.binary_cross_entropy_with_logits(local_input, torch.tensor(target), pos_weight=torch.tensor(pos_weight))
+    (local_grad,) = torch.autograd.grad(local, local_input)
+    for weight in (pos_weight, torch.tensor(pos_weight)):
+        result = client.loss("binary_cross_entropy_with_logits", logits, target, params={"pos_weight": weight})
+        assert result.meta.dtype == "float64"
+        np.testing.assert_allclose(result.loss, local.item(), rtol=1e-12)
+        np.testing.assert_allclose(present(result.grad["input"]), local_grad.numpy(), rtol=1e-12)
+
+    # More classes than travel as a nested list: pos_weight goes base64, in the request's dtype.
+    bodies = sent_bodies(client)
+    wide = np.linspace(0.5, 2.0, TINY + 4, dtype=np.float32)
+    logits32, target32 = np.ones((2, TINY + 4), np.float32), np.ones((2, TINY + 4), np.float32)
+    result = client.loss("binary_cross_entropy_with_logits", logits32, target32, params={"pos_weight": wide})
+    sent = bodies[-1]["params"]["pos_weight"]
+    assert (sent["dtype"], sent["shape"]) == ("float32", [TINY + 4])
+    expected = F.binary_cross_entropy_with_logits(
+        torch.from_numpy(logits32), torch.from_numpy(target32), pos_weight=torch.from_numpy(wide)
+    )
+    np.testing.assert_allclose(result.loss, expected.item(), rtol=1e-6)
+
+    softmax = client.activation("softmax", np.array([1.0, 2.0, 3.0]), params={"dim": np.int64(0)})
+    np.testing.assert_allclose(softmax.output, torch.softmax(torch.tensor([1.0, 2.0, 3.0]), 0).numpy(), rtol=1e-6)
+    assert bodies[-1]["params"] == {"dim": 0}
+    optimizer = {"name": "adam", "lr": np.float32(0.05), "betas": np.array([0.9, 0.99])}
+    runs = client.optimize("himmelblau", x0=[1, 0], optimizer=optimizer, steps=np.int64(10), record_every=np.int64(5))
+    run = present(runs.runs)[0]
+    assert run.steps == 10 and run.optimizer["betas"] == [0.9, 0.99]
+    assert client.landscape("himmelblau", [-1, 1], [-1, 1], resolution=np.int64(3)).z.shape == (3, 3)
+    assert client.landscape("himmelblau", [-1, 1], [-1, 1], resolution=(np.int64(3), np.int64(4))).z.shape == (4, 3)
+
+
 # --- errors ------------------------------------------------------------------------------------
 
 
@@ -559,12 +625,71 @@ def test_an_unreachable_service_is_a_connection_error_after_the_retries() -> Non
     assert "3 attempts" in failed.value.message
 
 
+STREAM_ERROR = b'event: error\ndata: {"error": {"type": "deadline_exceeded", "message": "late"}}\n\n'
+
+
+class _IdDroppingServer(http.server.ThreadingHTTPServer):
+    """Answers every POST with an event stream that ends in an error event, naming no request id:
+    no ``X-Request-ID`` header (as behind a proxy that drops it), none in the event."""
+
+    sent: list[str]
+    """The ``X-Request-ID`` of each request received."""
+
+
+class _StreamEndingInAnError(http.server.BaseHTTPRequestHandler):
+    server: _IdDroppingServer
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.sent.append(self.headers["X-Request-ID"])
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Content-Length", str(len(STREAM_ERROR)))
+        self.end_headers()
+        self.wfile.write(STREAM_ERROR)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def id_dropping_server() -> Iterator[_IdDroppingServer]:
+    server = _IdDroppingServer(("127.0.0.1", 0), _StreamEndingInAnError)
+    server.sent = []
+    thread = threading.Thread(target=server.serve_forever)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_an_error_inside_a_stream_has_the_request_id_sent(id_dropping_server: _IdDroppingServer) -> None:
+    url = f"http://127.0.0.1:{id_dropping_server.server_port}"
+    with Client(url) as client, pytest.raises(DeadlineError) as late:
+        list(client.optimize_stream("himmelblau", x0=[1, 0]))
+    assert (late.value.status, late.value.type) == (504, "deadline_exceeded")
+
+    async def read_async() -> None:
+        async with AsyncClient(url) as client:
+            async for _ in client.optimize_stream("himmelblau", x0=[1, 0]):
+                pass
+
+    with pytest.raises(DeadlineError) as late_async:
+        asyncio.run(read_async())
+    assert id_dropping_server.sent[0] != id_dropping_server.sent[1]
+    assert [late.value.request_id, late_async.value.request_id] == id_dropping_server.sent
+
+
 # --- a small server: API keys, overload, time budgets --------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def small_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One compute slot, no queue, Retry-After 1 s, a 3 s time budget, an API key."""
+    """One compute slot, no queue, Retry-After 1 s, a 3 s time budget, an API key; element and
+    work limits high enough for a computation to run out of memory."""
     log = tmp_path_factory.mktemp("small") / "server.log"
     with running_server(
         log,
@@ -573,6 +698,8 @@ def small_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         GRADIENT_RETRY_AFTER_S="1",
         GRADIENT_REQUEST_TIMEOUT_S="3",
         GRADIENT_API_KEYS=API_KEY,
+        GRADIENT_MAX_ELEMENTS=str(10**13),
+        GRADIENT_MAX_FLOPS=str(10**18),
     ) as (url, _process, _log):
         yield url
 
@@ -626,6 +753,29 @@ def test_overload_is_retried_after_what_retry_after_says(small_server: str) -> N
     # The long run itself ran out of its 3 s budget.
     assert len(outcome) == 1 and isinstance(outcome[0], DeadlineError)
     assert outcome[0].status == 504 and outcome[0].type == "deadline_exceeded"
+
+
+OVERCOMMIT = Path("/proc/sys/vm/overcommit_memory")
+
+
+@pytest.mark.skipif(
+    not OVERCOMMIT.exists() or OVERCOMMIT.read_text().strip() == "1",
+    reason="needs a kernel that refuses an allocation beyond its memory (Linux, vm.overcommit_memory 0 or 2)",
+)
+def test_running_out_of_memory_is_not_retried(small_server: str) -> None:
+    """x * y is a 10^6 x 10^6 float32 matrix, 4 TB: the server's allocator refuses it at once, a
+    503 out_of_memory with Retry-After 1, which each retry would meet again."""
+    n = 1_000_000
+    inputs = {"x": np.zeros((n, 1), np.float32), "y": np.zeros(n, np.float32)}
+    attempts: list[httpx.Request] = []
+    with Client(small_server, api_key=API_KEY, retries=3) as client:
+        client.http.event_hooks["request"].append(attempts.append)
+        started = time.monotonic()
+        with pytest.raises(OverloadedError) as oom:
+            client.differentiate("sum(x * y)", inputs, derivatives=[], device="cpu")
+    assert (oom.value.status, oom.value.type, oom.value.retry_after) == (503, "out_of_memory", 1.0)
+    assert len(attempts) == 1 and time.monotonic() - started < 1.0  # no wait, no second try
+    assert oom.value.request_id == attempts[0].headers["x-request-id"]
 
 
 def test_the_client_timeout_is_not_retried(small_server: str) -> None:
@@ -719,9 +869,13 @@ def test_event_stream_parser() -> None:
 def test_retry_policy() -> None:
     policy = RetryPolicy(retries=2)
     assert policy.wait_after_status(0, 400, None) is None
-    assert policy.wait_after_status(0, 503, 1.0) == pytest.approx(1.05, abs=0.051)
-    assert policy.wait_after_status(2, 503, 1.0) is None  # the retries are spent
+    assert policy.wait_after_status(0, 503, 1.0, "overloaded") == pytest.approx(1.05, abs=0.051)
+    assert policy.wait_after_status(2, 503, 1.0, "overloaded") is None  # the retries are spent
     assert policy.wait_after_status(0, 429, 3600.0) == pytest.approx(policy.max_retry_after_s, rel=0.11)
+    # A 503 is retried only for a full service: not for running out of memory, nor without a type.
+    for error_type in ("out_of_memory", "device_out_of_memory", "http_error", None):
+        assert policy.wait_after_status(0, 503, 1.0, error_type) is None, error_type
+    assert policy.wait_after_status(0, 429, None, "http_error") is not None
     waits = [policy.backoff(attempt) for attempt in range(12)]
     assert all(0 < wait <= policy.max_backoff_s for wait in waits) and waits[-1] >= policy.max_backoff_s / 2
     assert policy.wait_after_exception(0, httpx.ConnectError("refused")) is not None
@@ -729,3 +883,30 @@ def test_retry_policy() -> None:
     assert parse_retry_after("2") == 2.0 and parse_retry_after(" 1.5 ") == 1.5 and parse_retry_after(None) is None
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:10 GMT", now=1445412480.0) == 10.0
     assert parse_retry_after("soon") is None
+
+
+def error_reply(status: int, error_type: str, request_id: str = "sent") -> _Reply:
+    """An error answer as the shared core receives it, with ``Retry-After: 1``."""
+    content = json.dumps({"error": {"type": error_type, "message": "m"}}).encode()
+    return _Reply(status, httpx.Headers({"Retry-After": "1"}), content, httpx.Response(status), request_id)
+
+
+def test_the_core_retries_a_busy_service_and_raises_out_of_memory_at_once() -> None:
+    settings = _Settings("http://service.test", None, 1.0, RetryPolicy(retries=3), 1)
+    for error_type in ("out_of_memory", "device_out_of_memory"):
+        exchange = _exchange(settings, _calls.info())
+        send = next(exchange)
+        assert isinstance(send, _Send)
+        with pytest.raises(OverloadedError) as oom:
+            exchange.send(error_reply(503, error_type, send.request_id))
+        assert (oom.value.status, oom.value.type, oom.value.retry_after) == (503, error_type, 1.0)
+        assert oom.value.request_id == send.request_id
+    exchange = _exchange(settings, _calls.info())
+    send = next(exchange)
+    for status, error_type in ((503, "overloaded"), (429, "overloaded"), (429, "too_many_requests")):
+        wait = exchange.send(error_reply(status, error_type))
+        assert isinstance(wait, _Sleep) and wait.seconds >= 1.0
+        assert exchange.send(None) == send  # the same request again, with the same id
+    with pytest.raises(OverloadedError) as spent:  # the fourth answer: the 3 retries are spent
+        exchange.send(error_reply(503, "overloaded"))
+    assert spent.value.type == "overloaded"

@@ -295,6 +295,29 @@ def test_without_x64_everything_is_float32(client: Client, requests: Requests) -
     assert {body["dtype"] for body in requests.take()} == {"float32"}
 
 
+def test_a_float64_constant_makes_the_request_float64(client: Client, requests: Requests) -> None:
+    """(x * c) - (x * d) with c = 1 + 1e-10 is 1e-10 in float64, 0 in float32 (c rounds to 1)."""
+    constants = {"c": np.array([1 + 1e-10]), "d": 1.0}
+    x = jnp.ones(1, dtype=jnp.float32)
+    f = remote(client, "sum(x * c) - sum(x * d)", ["x"], constants)
+    value, grad = jax.value_and_grad(f)(x)
+    assert value.dtype == jnp.float32 and float(value) == pytest.approx(1e-10, rel=1e-5)
+    assert grad.dtype == jnp.float32
+    assert {body["dtype"] for body in requests.take()} == {"float64"}
+    # A Python number has no dtype of its own: it does not choose.
+    remote(client, "sum(x * d)", ["x"], {"d": 1.0})(x)
+    assert {body["dtype"] for body in requests.take()} == {"float32"}
+    # Without x64, JAX makes a float64 array float32: so is the request.
+    jax.config.update("jax_enable_x64", False)
+    assert float(remote(client, "sum(x * c) - sum(x * d)", ["x"], constants)(x)) == 0.0
+    assert {body["dtype"] for body in requests.take()} == {"float32"}
+
+
+def test_one_third_order_error_for_both_adapters() -> None:
+    torch_adapter = pytest.importorskip("gradient_client.torch")
+    assert ThirdOrderError is torch_adapter.ThirdOrderError and issubclass(ThirdOrderError, RuntimeError)
+
+
 def test_forward_mode_is_refused(client: Client) -> None:
     f = remote_of(client, CASES[0])
     a, b = inputs_of(CASES[0])

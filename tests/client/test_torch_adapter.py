@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -255,6 +256,22 @@ def test_the_dtype_follows_the_tensors(client: Client, requests: Requests) -> No
     assert {body["dtype"] for body in requests.take()} == {"float64"}
 
 
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_a_float64_constant_makes_the_request_float64(client: Client, requests: Requests, kind: str) -> None:
+    """(x * c) - (x * d) with c = 1 + 1e-10 is 1e-10 in float64, 0 in float32 (c rounds to 1)."""
+    c = np.array([1 + 1e-10]) if kind == "numpy" else torch.tensor([1 + 1e-10], dtype=torch.float64)
+    f = remote(client, "sum(x * c) - sum(x * d)", ["x"], {"c": c, "d": 1.0})
+    x = torch.ones(1, dtype=torch.float32, requires_grad=True)
+    value = f(x)
+    assert value.dtype == torch.float32 and value.item() == pytest.approx(1e-10, rel=1e-5)
+    (grad,) = torch.autograd.grad(value, [x])
+    assert grad.dtype == torch.float32
+    assert {body["dtype"] for body in requests.take()} == {"float64"}
+    # A Python number has no dtype of its own: it does not choose.
+    remote(client, "sum(x * d)", ["x"], {"d": 1.0})(x)
+    assert {body["dtype"] for body in requests.take()} == {"float32"}
+
+
 def test_third_derivatives_are_refused(client: Client) -> None:
     f = remote_of(client, CASES[0])
     xs = inputs_of(CASES[0])
@@ -292,6 +309,6 @@ def test_tensors_on_a_gpu_come_back_on_their_device(client: Client) -> None:
 
 
 def test_importing_the_client_imports_neither_torch_nor_jax() -> None:
-    code = "import sys, gradient_client; print(sorted({'torch', 'jax'} & set(sys.modules)))"
+    code = "import sys, gradient_client._adapters; print(sorted({'torch', 'jax'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
