@@ -14,7 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from service.compute.budgets import Cost, Deadline, check_cost
-from service.compute.expressions.differentiate import Derivative, Signature, differentiate, dry_run, tensor_type
+from service.compute.expressions.differentiate import Derivative, Signature, differentiate, dry_run
 from service.compute.expressions.language import Limits, compile_program
 from service.errors import DeadlineExceeded, LimitExceeded, ServiceError
 from tests.compute.test_language import Program, generated_inputs, programs
@@ -33,18 +33,17 @@ def signature(
     tangents: dict[str, torch.Tensor] | None = None,
     max_elements: int = 10**8,
 ) -> Signature:
-    return Signature(
+    return Signature.of(
         source,
         F64,
-        tuple((name, tensor_type(tensor)) for name, tensor in inputs.items()),
+        inputs,
         None,
         wanted,
-        None,
-        None if tangents is None else tuple((name, tensor_type(t)) for name, t in tangents.items()),
-        batch,
-        10**9,
-        max_elements,
-        LIMITS,
+        tangents=tangents,
+        batch=batch,
+        max_entries=10**9,
+        max_elements=max_elements,
+        limits=LIMITS,
     )
 
 

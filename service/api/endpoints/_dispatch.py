@@ -61,13 +61,14 @@ async def compute_response(
     op: str,
     inline: bool,
     enforce_deadline: bool = True,
-    interruptible: bool = False,
+    interruptible: bool = True,
 ) -> JSONBytesResponse:
     """Decode, compute and encode: ``compute`` returns the response fields (wire-encoded through
     its context), to which ``meta`` is added. The time goes to the ``op``'s compute metric; a
     computation that ends past the request's time budget is a 504 (unless ``enforce_deadline``
     is off, for a stream that reports the deadline in its result). An ``interruptible``
-    computation in the compute pool is stopped at its first torch operation past the budget."""
+    computation in the compute pool (the default) is stopped at its first torch operation past the
+    budget; optimisation runs check their deadline between steps instead."""
     settings = settings_of(request)
     deadline = request_deadline(request)
     histogram = request.app.metrics.compute_histogram(op)
@@ -108,7 +109,7 @@ class Call(Generic[Body]):
         *,
         op: str,
         enforce_deadline: bool = True,
-        interruptible: bool = False,
+        interruptible: bool = True,
     ) -> JSONBytesResponse:
         """``compute_response`` for this call."""
         return await compute_response(

@@ -71,4 +71,4 @@ async def activation(name: ActivationName, request: Request) -> JSONBytesRespons
             "jvp": ctx.wire(result.jvp),
         }
 
-    return await call.respond(compute, op=f"activation/{name}", interruptible=True)
+    return await call.respond(compute, op=f"activation/{name}")

@@ -13,7 +13,7 @@ from service.api.openapi import AUTH_RESPONSES, compute_post
 from service.api.responses import JSONBytesResponse
 from service.api.schemas import DifferentiateRequest, DifferentiateResponse, FunctionCatalog, FunctionInfo
 from service.compute.budgets import check_cost
-from service.compute.expressions.differentiate import Derivatives, Signature, differentiate, dry_run, tensor_type
+from service.compute.expressions.differentiate import Derivatives, Signature, differentiate, dry_run
 from service.compute.expressions.language import OPERATORS, compile_program
 from service.compute.ops.functions import FUNCTIONS
 
@@ -53,36 +53,30 @@ async def differentiate_expression(request: Request) -> JSONBytesResponse:
         if body.tangents is not None:
             tangents = {name: ctx.tensor(value, f"tangents.{name}") for name, value in body.tangents.items()}
         grad_output = ctx.optional_tensor(body.grad_output, "grad_output")
-        signature = Signature(
+        options: dict[str, Any] = {
+            "grad_output": grad_output,
+            "tangents": tangents,
+            "batch": body.batch,
+            "max_entries": settings.max_jacobian_elements,
+        }
+        signature = Signature.of(
             body.expression,
             ctx.dtype,
-            tuple((name, tensor_type(tensor)) for name, tensor in inputs.items()),
-            None if body.wrt is None else tuple(body.wrt),
-            tuple(body.derivatives),
-            None if grad_output is None else tensor_type(grad_output),
-            None if tangents is None else tuple((name, tensor_type(tensor)) for name, tensor in tangents.items()),
-            None if body.batch is None else tuple(body.batch),
-            settings.max_jacobian_elements,
-            settings.max_elements,
-            limits,
+            inputs,
+            body.wrt,
+            body.derivatives,
+            **options,
+            max_elements=settings.max_elements,
+            limits=limits,
         )
         shapes, cost = dry_run(signature)
         if body.dry_run:
             return {**_results(shapes, _shape_of), "cost": cost.public()}
         check_cost(cost, max_flops=settings.max_flops, max_elements=settings.max_elements)
-        result = differentiate(
-            program,
-            inputs,
-            body.wrt,
-            body.derivatives,
-            grad_output=grad_output,
-            tangents=tangents,
-            batch=body.batch,
-            max_entries=settings.max_jacobian_elements,
-        )
+        result = differentiate(program, inputs, body.wrt, body.derivatives, **options)
         return {**_results(result, ctx.wire), "cost": None}
 
-    return await call.respond(compute, op="differentiate", interruptible=True)
+    return await call.respond(compute, op="differentiate")
 
 
 def _results(result: Derivatives, out: Callable[[torch.Tensor], Any]) -> dict[str, Any]:

@@ -63,4 +63,4 @@ async def loss(name: LossName, request: Request) -> JSONBytesResponse:
         )
         return {"loss": ctx.wire(result.loss), "grad": {key: ctx.wire(grad) for key, grad in result.grads.items()}}
 
-    return await call.respond(compute, op=f"loss/{name}", interruptible=True)
+    return await call.respond(compute, op=f"loss/{name}")

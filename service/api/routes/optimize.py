@@ -110,8 +110,8 @@ async def optimize(request: Request) -> Response:
         return {"runs": [_run(run, optimizers, resolved.entry, ctx) for run in outcome.runs()]}
 
     if stream is None:
-        return await call.respond(compute, op="optimize")
-    return stream.response(lambda: call.respond(compute, op="optimize", enforce_deadline=False))
+        return await call.respond(compute, op="optimize", interruptible=False)
+    return stream.response(lambda: call.respond(compute, op="optimize", enforce_deadline=False, interruptible=False))
 
 
 def _run(run: Run, optimizers: tasks.Optimizers, entry: ObjectiveSpec | None, ctx: ComputeContext) -> Any:
@@ -172,4 +172,4 @@ async def landscape(request: Request) -> JSONBytesResponse:
             "grad": ctx.wire(result.grad),
         }
 
-    return await call.respond(compute, op="landscape", interruptible=True)
+    return await call.respond(compute, op="landscape")

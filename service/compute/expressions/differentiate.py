@@ -296,6 +296,42 @@ class Signature:
     max_elements: int
     limits: Limits
 
+    @classmethod
+    def of(
+        cls,
+        expression: str,
+        dtype: torch.dtype,
+        inputs: Mapping[str, torch.Tensor],
+        wrt: Iterable[str] | None,
+        wanted: Iterable[Derivative],
+        *,
+        grad_output: torch.Tensor | None = None,
+        tangents: Mapping[str, torch.Tensor] | None = None,
+        batch: Sequence[str] | None = None,
+        max_entries: int,
+        max_elements: int,
+        limits: Limits,
+    ) -> Signature:
+        """The signature of ``differentiate``'s arguments (the program given by its source,
+        dtype and limits)."""
+        return cls(
+            expression,
+            dtype,
+            _types(inputs),
+            None if wrt is None else tuple(wrt),
+            tuple(wanted),
+            None if grad_output is None else tensor_type(grad_output),
+            None if tangents is None else _types(tangents),
+            None if batch is None else tuple(batch),
+            max_entries,
+            max_elements,
+            limits,
+        )
+
+
+def _types(tensors: Mapping[str, torch.Tensor]) -> tuple[tuple[str, TensorType], ...]:
+    return tuple((name, tensor_type(tensor)) for name, tensor in tensors.items())
+
 
 @functools.lru_cache(maxsize=512)
 def dry_run(signature: Signature) -> tuple[Derivatives, Cost]:
