@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Literal
 
@@ -9,6 +10,13 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DevicePreference = str  # "auto", "cpu", "cuda" or "cuda:N"; checked below
+
+
+@functools.cache
+def _cuda_devices() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 class Settings(BaseSettings):
@@ -46,7 +54,32 @@ class Settings(BaseSettings):
     max_concurrency: int = Field(
         0,
         ge=0,
-        description="Computations at once per worker; 0 = one (torch ops already use every thread).",
+        description="Computations at once when compute_processes is 0; 0 = one (torch ops already use every thread).",
+    )
+    compute_processes: int | Literal["auto"] = Field(
+        "auto",
+        description="Compute worker processes per server process (one computation each at a time); auto = one "
+        "per GPU, else one per 4 cores; 0 = compute in the server process's own threads.",
+    )
+    deadline_grace_s: float = Field(
+        5.0,
+        ge=0,
+        description="A computation still running this long past its time budget has its worker process ended (504).",
+    )
+    front_nice: int = Field(
+        5,
+        ge=0,
+        le=19,
+        description="Niceness the server process adds to itself once its compute workers run, so that under "
+        "overload computing comes before refusing (Linux: its event loop's thread).",
+    )
+    worker_max_computations: int = Field(
+        10_000, ge=0, description="A worker process is replaced after this many computations; 0 = never."
+    )
+    worker_max_rss_mb: int = Field(
+        4096,
+        ge=0,
+        description="A worker process is replaced once its resident memory passes this many MiB; 0 = never.",
     )
     max_queue: int = Field(64, ge=0, description="Computations allowed to wait for a slot; beyond, 503.")
     api_keys: str = Field("", description="Comma-separated API keys; when set, /v1/* needs a Bearer key.")
@@ -72,6 +105,13 @@ class Settings(BaseSettings):
         description="Bodies up to this size are computed on the event loop, skipping the thread hop.",
     )
 
+    @field_validator("compute_processes")
+    @classmethod
+    def _check_processes(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 0 <= value <= 256:
+            raise ValueError("must be auto or 0 to 256")
+        return value
+
     @field_validator("device")
     @classmethod
     def _check_device(cls, value: str) -> str:
@@ -83,14 +123,26 @@ class Settings(BaseSettings):
         raise ValueError("must be auto, cpu, cuda or cuda:N")
 
     def effective_torch_threads(self) -> int:
-        """Threads per worker so that workers x threads never exceed the cores."""
+        """Threads per computing process, so that all of them together never exceed the cores."""
         if self.torch_threads:
             return self.torch_threads
-        return max(1, (os.cpu_count() or 1) // self.workers)
+        return max(1, (os.cpu_count() or 1) // (self.workers * max(1, self.effective_compute_processes())))
+
+    def effective_compute_processes(self) -> int:
+        """Compute worker processes per server process (0: none, compute in threads)."""
+        if self.compute_processes != "auto":
+            return self.compute_processes
+        if self.device != "cpu" and self.cuda_devices():
+            return self.cuda_devices()
+        return max(1, (os.cpu_count() or 1) // (4 * self.workers))
+
+    def cuda_devices(self) -> int:
+        """GPUs visible to this process (counted without creating a CUDA context)."""
+        return _cuda_devices()
 
     def effective_max_concurrency(self) -> int:
-        """Concurrent computations per worker."""
-        return self.max_concurrency or 1
+        """Concurrent computations per server process."""
+        return self.effective_compute_processes() or self.max_concurrency or 1
 
     def api_key_list(self) -> list[str]:
         return [key.strip() for key in self.api_keys.split(",") if key.strip()]

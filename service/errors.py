@@ -8,7 +8,8 @@ ServiceError
 ├── LimitExceeded         413  a configured size limit is exceeded
 ├── UnsupportedMediaType  415  the body is not sent as JSON
 ├── Overloaded            503  no compute slot and no room to wait (also GPU out of memory)
-└── DeadlineExceeded      504  the request's time budget ran out
+├── DeadlineExceeded      504  the request's time budget ran out
+└── WorkerCrashed         500  the worker process computing the request died
 """
 
 from __future__ import annotations
@@ -85,6 +86,10 @@ class Overloaded(ServiceError):
 
 class DeadlineExceeded(ServiceError):
     error_type = "deadline_exceeded"
+
+
+class WorkerCrashed(ServiceError):
+    error_type = "worker_crashed"
 
 
 STATUS_CODES: dict[type[ServiceError], int] = {

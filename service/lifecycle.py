@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import threading
 from types import FrameType
@@ -41,3 +42,13 @@ def install_drain_handler(drain_s: float) -> None:
             loop.call_soon_threadsafe(loop.call_later, drain_s, previous, number, None)
 
         signal.signal(sig, on_signal)
+
+
+def lower_priority(increment: int) -> None:
+    """Raise this thread's niceness by ``increment`` (on Linux, the event loop's thread and the
+    threads it starts later), so that under overload the compute workers, forked before, run
+    first. An unprivileged process cannot take it back."""
+    try:
+        os.nice(increment)
+    except OSError as exc:  # not permitted here: run as it is
+        logger.warning("could not lower the server's priority: %s", exc)

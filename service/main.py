@@ -27,6 +27,7 @@ from service.api.endpoints import ComputePool, RequestRoute
 from service.api.errors import install_error_handlers
 from service.api.openapi import with_request_schemas
 from service.api.routes import ROUTERS
+from service.api.workers import WorkerPool
 from service.compute.ops.activations import ACTIVATIONS, evaluate_activation
 from service.compute.optimisation.compiled import ChunkCompiler, cxx_available
 from service.compute.optimisation.traced import trace_value_and_grad
@@ -67,7 +68,7 @@ class GradientService(FastAPI):
         super().__init__(**options)
         self.settings = settings
         self.metrics = Metrics()
-        self.compute_pool = self.new_pool()
+        self.compute_pool: ComputePool | WorkerPool = self.new_pool()
         """Replaced by a fresh one each time the lifespan starts."""
         self.chunk_compiler: ChunkCompiler | None = None
         """Compiles long Adam runs' steps (see ``compiled``); None without a C++ compiler or when off."""
@@ -105,30 +106,40 @@ def create_app(settings: Settings | None = None) -> GradientService:
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Start up: torch threads, metrics of the pool, the compiler, a warm-up; then ready."""
+    """Start up: the compute pool (worker processes, or threads), torch threads, metrics of the
+    pool, the compiler, a warm-up; then ready. Shut down: the compiler and the workers."""
     assert isinstance(app, GradientService)
-    app.compute_pool = pool = app.new_pool()
     settings, metrics = app.settings, app.metrics
+    processes = settings.effective_compute_processes()
+    pool = WorkerPool(settings, metrics, processes) if processes else app.new_pool()
+    app.compute_pool = pool
     torch.set_num_threads(settings.effective_torch_threads())
     metrics.computing.set_function(lambda: pool.running)
     metrics.queued.set_function(lambda: pool.waiting)
-    if settings.compile and cxx_available():
-        app.chunk_compiler = ChunkCompiler(
-            settings.compile_min_steps,
-            lambda outcome, seconds: metrics.compilations.labels(outcome).observe(seconds),
-        )
-    elif settings.compile:
-        logger.info("no C++ compiler found: optimisation steps will not be compiled")
-    await anyio.to_thread.run_sync(warm_up)
-    # Everything loaded so far (torch, torch.func and their modules) lives as long as the
-    # process: keep it out of the collector's generations, so full collections stay short.
-    gc.collect()
-    gc.freeze()
-    lifecycle.install_drain_handler(settings.drain_s)
-    app.readiness = "ready"
-    yield
-    if app.chunk_compiler is not None:
-        app.chunk_compiler.shutdown()
+    if settings.compile and not processes:  # with workers, long runs (and their compiles) happen there
+        if cxx_available():
+            app.chunk_compiler = ChunkCompiler(settings.compile_min_steps, metrics.observe_compilation)
+        else:
+            logger.info("no C++ compiler found: optimisation steps will not be compiled")
+    try:
+        async with anyio.create_task_group() as starting:  # the workers start while this process warms up
+            if isinstance(pool, WorkerPool):
+                starting.start_soon(pool.start)
+            await anyio.to_thread.run_sync(warm_up)
+        # Everything loaded so far (torch, torch.func and their modules) lives as long as the
+        # process: keep it out of the collector's generations, so full collections stay short.
+        gc.collect()
+        gc.freeze()
+        if processes and settings.front_nice:
+            lifecycle.lower_priority(settings.front_nice)
+        lifecycle.install_drain_handler(settings.drain_s)
+        app.readiness = "ready"
+        yield
+    finally:
+        if app.chunk_compiler is not None:
+            app.chunk_compiler.shutdown()
+        if isinstance(pool, WorkerPool):
+            await pool.stop()
 
 
 def _add_routes(app: GradientService) -> None:

@@ -263,7 +263,7 @@ def test_a_dry_run_answers_shapes_dtypes_and_cost(client: AppClient) -> None:
 def test_over_the_compute_limit_is_a_413_before_anything_runs(
     make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    limited = make_client(max_flops=1_000_000)
+    limited = make_client(max_flops=1_000_000, compute_processes=0)
     body = {"expression": "sum(W @ W @ W)", "inputs": {"W": to_base64(torch.ones(100, 100))}}
 
     def must_not_run(*args: Any, **kwargs: Any) -> None:

@@ -87,7 +87,7 @@ def test_a_fault_in_our_code_is_a_logged_500_with_the_request_id(
         raise fault("injected fault")
 
     monkeypatch.setattr(service.compute.expressions.differentiate, "value_and_vjp_many", broken)
-    client = make_client()
+    client = make_client(compute_processes=0)
     with caplog.at_level(logging.ERROR, logger="service.errors"):
         response = client.post(
             "/v1/differentiate",
@@ -121,7 +121,7 @@ def test_faults_in_activations_and_losses_are_500(
         raise TypeError("injected fault")
 
     monkeypatch.setattr(module, name, broken)
-    client = make_client()
+    client = make_client(compute_processes=0)
     assert_error(client.post(path, json=body), 500, "internal_error")
 
 
@@ -132,6 +132,6 @@ def test_a_fault_in_an_optimisation_is_500(make_client: ClientFactory, monkeypat
         raise ValueError("injected fault")
 
     monkeypatch.setattr(optimize_module, "_run_group", broken)
-    client = make_client()
+    client = make_client(compute_processes=0)
     body = {"objective": "himmelblau", "x0": [1.0, 0.0], "steps": 5}
     assert_error(client.post("/v1/optimize", json=body), 500, "internal_error")

@@ -170,7 +170,7 @@ def test_out_of_memory_is_a_503_and_the_next_request_succeeds(
 ) -> None:
     """The GPU's out-of-memory error, raised where the inputs move to the device (tests/test_cuda.py
     exhausts a real GPU)."""
-    client = make_client()
+    client = make_client(compute_processes=0)
     real_decode = tensors.decode
     failures = iter([True])
 
@@ -202,7 +202,7 @@ def test_keys_are_needed_under_a_root_path_too() -> None:
 def test_an_unexpected_error_is_a_500_with_the_request_id(
     make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    client = make_client()
+    client = make_client(compute_processes=0)
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise KeyError("a bug")
@@ -218,14 +218,14 @@ def test_an_unexpected_error_is_a_500_with_the_request_id(
 def test_a_small_body_asking_for_a_jacobian_goes_to_the_compute_pool(
     make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    client = make_client()
+    client = make_client(compute_processes=0)
     pool = client.app.compute_pool
     pooled: list[str] = []
     run = pool.run
 
-    async def recording_run(job: Any, deadline: float) -> Any:
+    async def recording_run(job: Any, deadline: float, *, reserved: bool = False) -> Any:
         pooled.append("run")
-        return await run(job, deadline)
+        return await run(job, deadline, reserved=reserved)
 
     monkeypatch.setattr(pool, "run", recording_run)
     assert client.post("/v1/activations/softmax", json={"input": [0.1, 0.2, 0.3]}).status_code == 200
@@ -252,7 +252,7 @@ def test_numbers_past_float32_range_are_infinity(client: AppClient) -> None:
 def test_the_time_budget_is_checked_when_a_computation_ends(
     make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    client = make_client(request_timeout_s=0.2)
+    client = make_client(request_timeout_s=0.2, compute_processes=0)
     real = evaluate_activation
 
     def slow(*args: Any, **kwargs: Any) -> Any:

@@ -97,6 +97,23 @@ class Metrics:
             buckets=(1, 2, 5, 10, 20, 40, 80, 160),
             registry=self.registry,
         )
+        self.workers_alive = Gauge(
+            "gradient_workers_alive",
+            "Compute worker processes alive (0 when computing in threads).",
+            registry=self.registry,
+        )
+        self.worker_restarts = Counter(
+            "gradient_worker_restarts",
+            "Compute worker processes replaced after they died: crashed, or deadline (killed past budget + grace).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.worker_recycles = Counter(
+            "gradient_worker_recycles",
+            "Compute worker processes replaced between requests: computations or memory (their limit reached).",
+            ["reason"],
+            registry=self.registry,
+        )
         self.registry.register(GpuMemoryCollector())
         self._children: dict[tuple[Any, ...], Any] = {}
 
@@ -108,9 +125,11 @@ class Metrics:
             child = self._children[key] = metric.labels(*labels)
         return child
 
-    def compute_histogram(self, op: str) -> Any:
-        """The compute-time histogram's child for ``op``."""
-        return self._child(self.compute, op)
+    def observe_compute(self, op: str, seconds: float) -> None:
+        self._child(self.compute, op).observe(seconds)
+
+    def observe_compilation(self, outcome: str, seconds: float) -> None:
+        self._child(self.compilations, outcome).observe(seconds)
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         self._child(self.requests, method, route, str(status)).inc()
@@ -144,7 +163,7 @@ class RequestMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        scope[STARTED_KEY] = time.monotonic()
+        scope.setdefault(STARTED_KEY, time.monotonic())  # a worker process keeps its front's
         request_id = None
         for key, value in scope["headers"]:
             if key == REQUEST_ID_HEADER and _VALID_REQUEST_ID.fullmatch(value):

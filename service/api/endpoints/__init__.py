@@ -4,11 +4,12 @@ public face is this package."""
 
 from service.api.endpoints._context import ComputeContext, expression_limits, validate_params
 from service.api.endpoints._dispatch import Call, accept, request_deadline
-from service.api.endpoints._pool import ComputePool
+from service.api.endpoints._pool import Admission, ComputePool
 from service.api.endpoints._route import RequestRoute
 from service.api.endpoints._settings import SettingsDep
 
 __all__ = [
+    "Admission",
     "Call",
     "ComputeContext",
     "ComputePool",

@@ -40,11 +40,15 @@ async def read_body(request: Request) -> bytes:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def read_json_body(request: Request, model: type[Model]) -> Model:
-    """The request's JSON body as ``model``: 415 if not JSON, 400 if malformed, 422 if off-schema."""
+def require_json(request: Request) -> None:
+    """415 unless the request says its body is JSON."""
     if not _is_json(raw_header(request.scope, b"content-type")):
         raise UnsupportedMediaType("Send the body as JSON with the header Content-Type: application/json.")
-    tree = parse_json(await read_body(request))
+
+
+def parse_json_body(body: bytes, model: type[Model]) -> Model:
+    """A JSON ``body`` as ``model``: 400 if malformed, 422 if off-schema."""
+    tree = parse_json(body)
     try:
         return model.model_validate(tree)
     except ValidationError as exc:

@@ -13,7 +13,7 @@ import torch
 from fastapi import Request
 
 from service.api.asgi import STARTED_KEY, raw_header
-from service.api.endpoints._body import read_json_body
+from service.api.endpoints._body import parse_json_body, read_body, require_json
 from service.api.endpoints._context import ComputeContext
 from service.api.endpoints._settings import settings_of
 from service.api.responses import JSONBytesResponse, dump_json
@@ -33,24 +33,39 @@ def request_deadline(request: Request) -> float:
     return float(started) + settings_of(request).request_timeout_s
 
 
-def admit(request: Request, inline: bool = True) -> bool:
+class Forward(Exception):
+    """Raised by a compute route whose request goes to a worker process: ``RequestRoute`` hands
+    the whole request to the worker pool, with its ``body`` when the route has read it already."""
+
+    def __init__(self, body: bytes | None = None) -> None:
+        super().__init__()
+        self.body = body
+
+
+def admit(request: Request, inline: bool = True, body: bytes | None = None) -> bool:
     """Whether the request's computation runs inline: allowed (``inline``) and small (a thread
     hop would cost more than the work). One bound for the compute pool is refused here, before
-    its body is read, when the pool is full (503)."""
+    its body is read, when the pool is full (503); with worker processes, ``Forward`` is raised
+    instead (with the ``body`` already read, if any)."""
     settings = settings_of(request)
     length = raw_header(request.scope, b"content-length")
     if inline and length is not None and length.isdigit() and int(length) <= settings.inline_compute_bytes:
         return True
-    request.app.compute_pool.check_room()
+    pool = request.app.compute_pool
+    if pool.remote:
+        raise Forward(body)
+    pool.check_room()
     return False
 
 
-async def run_compute(request: Request, job: Callable[[], T], inline: bool, deadline: float) -> T:
+async def run_compute(
+    request: Request, job: Callable[[], T], inline: bool, deadline: float, reserved: bool = False
+) -> T:
     """Run ``job`` inline (see ``admit``), or in the compute pool: bounded, 503 when full, 504
-    past ``deadline``."""
+    past ``deadline``; at once in a slot the caller ``reserved``."""
     if inline:
         return job()
-    return await request.app.compute_pool.run(job, deadline)  # type: ignore[no-any-return]
+    return await request.app.compute_pool.run(job, deadline, reserved=reserved)  # type: ignore[no-any-return]
 
 
 async def compute_response(
@@ -62,6 +77,7 @@ async def compute_response(
     inline: bool,
     enforce_deadline: bool = True,
     interruptible: bool = True,
+    reserved: bool = False,
 ) -> JSONBytesResponse:
     """Decode, compute and encode: ``compute`` returns the response fields (wire-encoded through
     its context), to which ``meta`` is added. The time goes to the ``op``'s compute metric; a
@@ -71,7 +87,7 @@ async def compute_response(
     budget; optimisation runs check their deadline between steps instead."""
     settings = settings_of(request)
     deadline = request_deadline(request)
-    histogram = request.app.metrics.compute_histogram(op)
+    metrics = request.app.metrics
 
     def job() -> bytes:
         ctx = ComputeContext.of(body, settings)
@@ -83,9 +99,9 @@ async def compute_response(
         except torch.OutOfMemoryError as exc:  # moving the inputs to the GPU can run out too
             raise out_of_memory("this request") from exc
         finally:
-            histogram.observe(time.perf_counter() - ctx.started)
+            metrics.observe_compute(op, time.perf_counter() - ctx.started)
 
-    payload = await run_compute(request, job, inline, deadline)
+    payload = await run_compute(request, job, inline, deadline, reserved)
     if enforce_deadline and time.monotonic() > deadline:
         raise DeadlineExceeded(
             f"The request's time budget of {settings.request_timeout_s:g} s ran out; send less, or ask for fewer steps."
@@ -110,8 +126,9 @@ class Call(Generic[Body]):
         op: str,
         enforce_deadline: bool = True,
         interruptible: bool = True,
+        reserved: bool = False,
     ) -> JSONBytesResponse:
-        """``compute_response`` for this call."""
+        """``compute_response`` for this call (in a slot ``reserve``d before, if ``reserved``)."""
         return await compute_response(
             self.request,
             self.body,
@@ -120,7 +137,13 @@ class Call(Generic[Body]):
             inline=self.inline,
             enforce_deadline=enforce_deadline,
             interruptible=interruptible,
+            reserved=reserved,
         )
+
+    async def reserve(self) -> None:
+        """Take a compute slot now (503 when full, 504 past the deadline), for a computation whose
+        response starts before it runs (a stream); ``respond(..., reserved=True)`` then uses it."""
+        await self.request.app.compute_pool.acquire(request_deadline(self.request))
 
 
 async def accept(
@@ -130,7 +153,9 @@ async def accept(
     is full), then the body read as ``model``. The computation runs inline only if ``inline``,
     the body is small and ``offload(body)`` is not true (a small body that asks for much)."""
     runs_inline = admit(request, inline)
-    body = await read_json_body(request, model)
+    require_json(request)
+    raw = await read_body(request)
+    body = parse_json_body(raw, model)
     if runs_inline and offload is not None and offload(body):
-        runs_inline = admit(request, inline=False)
+        runs_inline = admit(request, inline=False, body=raw)
     return Call(request, body, settings_of(request), runs_inline)

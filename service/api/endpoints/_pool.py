@@ -1,7 +1,8 @@
-"""The compute pool: at most ``concurrency`` computations at once, at most ``queue`` waiting.
+"""Admission to computation: at most ``slots`` computations at once, at most ``queue`` waiting.
 
-Beyond both, a request is refused at once (503 with Retry-After) rather than left to pile up;
-a request that waits past its time budget gets a 504.
+Beyond both, a request is refused at once (503 with Retry-After) rather than left to pile up; a
+request that waits past its time budget gets a 504. ``ComputePool`` runs the computations in
+threads of this process; ``service.api.workers.WorkerPool`` forwards them to worker processes.
 """
 
 from __future__ import annotations
@@ -18,16 +19,16 @@ from service.errors import DeadlineExceeded, Overloaded
 T = TypeVar("T")
 
 
-class ComputePool:
+class Admission:
     """Bounded concurrency and a bounded wait queue, on one event loop."""
 
+    remote = False
+    """Whether computations leave this process (routes then forward whole requests)."""
+
     def __init__(
-        self, concurrency: int, queue: int, retry_after_s: int = 1, on_overload: Callable[[], None] | None = None
+        self, slots: int, queue: int, retry_after_s: int = 1, on_overload: Callable[[], None] | None = None
     ) -> None:
-        self.limiter = anyio.CapacityLimiter(concurrency)
-        # The worker threads' own limiter: anyio's default one has 40 threads, shared with
-        # FastAPI's sync routes.
-        self.threads = anyio.CapacityLimiter(concurrency)
+        self.limiter = anyio.CapacityLimiter(slots)
         self.max_queue = queue
         self.retry_after_s = retry_after_s
         self.waiting = 0
@@ -50,8 +51,8 @@ class ComputePool:
                 retry_after=self.retry_after_s,
             )
 
-    async def run(self, job: Callable[[], T], deadline: float) -> T:
-        """``job()`` in a worker thread once a slot is free; ``deadline`` is a monotonic instant."""
+    async def acquire(self, deadline: float) -> None:
+        """Take a slot, waiting in the queue until ``deadline`` (a monotonic instant) at most."""
         self.check_room()
         self.waiting += 1
         try:
@@ -61,7 +62,28 @@ class ComputePool:
             self.waiting -= 1
         if waited.cancelled_caught:
             raise DeadlineExceeded("The request's time budget ran out while it waited for a compute slot.")
+
+    def release(self) -> None:
+        self.limiter.release()
+
+
+class ComputePool(Admission):
+    """Computations in worker threads of this process, one per slot."""
+
+    def __init__(
+        self, slots: int, queue: int, retry_after_s: int = 1, on_overload: Callable[[], None] | None = None
+    ) -> None:
+        super().__init__(slots, queue, retry_after_s, on_overload)
+        # The worker threads' own limiter: anyio's default one has 40 threads, shared with
+        # FastAPI's sync routes.
+        self.threads = anyio.CapacityLimiter(slots)
+
+    async def run(self, job: Callable[[], T], deadline: float, *, reserved: bool = False) -> T:
+        """``job()`` in a worker thread once a slot is free (at once when the caller ``reserved``
+        one with ``acquire``); the slot is released when it returns."""
+        if not reserved:
+            await self.acquire(deadline)
         try:
             return await anyio.to_thread.run_sync(job, limiter=self.threads)
         finally:
-            self.limiter.release()
+            self.release()
