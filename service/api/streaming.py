@@ -13,6 +13,7 @@ import anyio.from_thread
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 from fastapi.sse import format_sse_event
+from starlette.types import Receive, Scope, Send
 
 from service.api.errors import internal_error
 from service.api.responses import JSONBytesResponse, dump_json
@@ -49,13 +50,19 @@ class EventStream:
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             self._cancelled.set()  # nobody is listening any more
 
-    def response(self, result: Callable[[], Awaitable[JSONBytesResponse]]) -> StreamingResponse:
+    def response(
+        self, result: Callable[[], Awaitable[JSONBytesResponse]], unused: Callable[[], None] | None = None
+    ) -> StreamingResponse:
         """The streaming response: ``result()`` runs the computation and its body becomes the
-        ``result`` event (a service error, or a bug, the ``error`` event)."""
+        ``result`` event (a service error, or a bug, the ``error`` event). ``unused()`` is called
+        if the response ends before ``result()`` was (to free a slot reserved for it)."""
+        called = False
 
         async def produce() -> None:
+            nonlocal called
             async with self._events:
                 try:
+                    called = True
                     response = await result()
                     await self._events.send(sse_event("result", raw=bytes(response.body)))
                 except ServiceError as error:
@@ -74,7 +81,15 @@ class EventStream:
                 finally:
                     self._cancelled.set()  # the client went away (or the stream ended): stop computing
 
-        return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        class Stream(StreamingResponse):
+            async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+                try:
+                    await super().__call__(scope, receive, send)
+                finally:
+                    if not called and unused is not None:
+                        unused()
+
+        return Stream(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
 def wants_events(request: Request) -> bool:

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.api.endpoints import ComputePool
 from service.api.endpoints import _context as compute_context
 from service.api.routes import activations as activations_route
 from service.compute import wire as tensors
@@ -220,10 +221,11 @@ def test_a_small_body_asking_for_a_jacobian_goes_to_the_compute_pool(
 ) -> None:
     client = make_client(compute_processes=0)
     pool = client.app.compute_pool
+    assert isinstance(pool, ComputePool)
     pooled: list[str] = []
     run = pool.run
 
-    async def recording_run(job: Any, deadline: float, *, reserved: bool = False) -> Any:
+    async def recording_run(job: Any, deadline: float, *, reserved: object | None = None) -> Any:
         pooled.append("run")
         return await run(job, deadline, reserved=reserved)
 

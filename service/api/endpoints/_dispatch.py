@@ -59,7 +59,7 @@ def admit(request: Request, inline: bool = True, body: bytes | None = None) -> b
 
 
 async def run_compute(
-    request: Request, job: Callable[[], T], inline: bool, deadline: float, reserved: bool = False
+    request: Request, job: Callable[[], T], inline: bool, deadline: float, reserved: object | None = None
 ) -> T:
     """Run ``job`` inline (see ``admit``), or in the compute pool: bounded, 503 when full, 504
     past ``deadline``; at once in a slot the caller ``reserved``."""
@@ -77,7 +77,7 @@ async def compute_response(
     inline: bool,
     enforce_deadline: bool = True,
     interruptible: bool = True,
-    reserved: bool = False,
+    reserved: object | None = None,
 ) -> JSONBytesResponse:
     """Decode, compute and encode: ``compute`` returns the response fields (wire-encoded through
     its context), to which ``meta`` is added. The time goes to the ``op``'s compute metric; a
@@ -126,9 +126,9 @@ class Call(Generic[Body]):
         op: str,
         enforce_deadline: bool = True,
         interruptible: bool = True,
-        reserved: bool = False,
+        reserved: object | None = None,
     ) -> JSONBytesResponse:
-        """``compute_response`` for this call (in a slot ``reserve``d before, if ``reserved``)."""
+        """``compute_response`` for this call (in the slot ``reserved`` by ``reserve``, if any)."""
         return await compute_response(
             self.request,
             self.body,
@@ -140,10 +140,14 @@ class Call(Generic[Body]):
             reserved=reserved,
         )
 
-    async def reserve(self) -> None:
+    async def reserve(self) -> object:
         """Take a compute slot now (503 when full, 504 past the deadline), for a computation whose
-        response starts before it runs (a stream); ``respond(..., reserved=True)`` then uses it."""
-        await self.request.app.compute_pool.acquire(request_deadline(self.request))
+        response starts before it runs (a stream); ``respond(..., reserved=token)`` then uses it
+        and frees it, or ``release(token)`` if the computation never runs."""
+        return await self.request.app.compute_pool.acquire(request_deadline(self.request))
+
+    def release(self, token: object) -> None:
+        self.request.app.compute_pool.release(token)
 
 
 async def accept(

@@ -51,20 +51,23 @@ class Admission:
                 retry_after=self.retry_after_s,
             )
 
-    async def acquire(self, deadline: float) -> None:
-        """Take a slot, waiting in the queue until ``deadline`` (a monotonic instant) at most."""
+    async def acquire(self, deadline: float) -> object:
+        """Take a slot, waiting in the queue until ``deadline`` (a monotonic instant) at most;
+        return the token that ``release`` gives back (from any task)."""
         self.check_room()
         self.waiting += 1
+        token = object()
         try:
             with anyio.move_on_after(max(0.0, deadline - time.monotonic())) as waited:
-                await self.limiter.acquire()
+                await self.limiter.acquire_on_behalf_of(token)
         finally:
             self.waiting -= 1
         if waited.cancelled_caught:
             raise DeadlineExceeded("The request's time budget ran out while it waited for a compute slot.")
+        return token
 
-    def release(self) -> None:
-        self.limiter.release()
+    def release(self, token: object) -> None:
+        self.limiter.release_on_behalf_of(token)
 
 
 class ComputePool(Admission):
@@ -78,12 +81,11 @@ class ComputePool(Admission):
         # FastAPI's sync routes.
         self.threads = anyio.CapacityLimiter(slots)
 
-    async def run(self, job: Callable[[], T], deadline: float, *, reserved: bool = False) -> T:
-        """``job()`` in a worker thread once a slot is free (at once when the caller ``reserved``
-        one with ``acquire``); the slot is released when it returns."""
-        if not reserved:
-            await self.acquire(deadline)
+    async def run(self, job: Callable[[], T], deadline: float, *, reserved: object | None = None) -> T:
+        """``job()`` in a worker thread once a slot is free (at once in a slot ``reserved`` with
+        ``acquire``); the slot is released when it returns."""
+        token = reserved if reserved is not None else await self.acquire(deadline)
         try:
             return await anyio.to_thread.run_sync(job, limiter=self.threads)
         finally:
-            self.release()
+            self.release(token)

@@ -111,7 +111,12 @@ async def optimize(request: Request) -> Response:
 
     if stream is None:
         return await call.respond(compute, op="optimize", interruptible=False)
-    return stream.response(lambda: call.respond(compute, op="optimize", enforce_deadline=False, interruptible=False))
+    # The slot is taken before the 200 goes out: a full pool is a 503 (or a 504), not an error event.
+    slot = await call.reserve()
+    return stream.response(
+        lambda: call.respond(compute, op="optimize", enforce_deadline=False, interruptible=False, reserved=slot),
+        unused=lambda: call.release(slot),
+    )
 
 
 def _run(run: Run, optimizers: tasks.Optimizers, entry: ObjectiveSpec | None, ctx: ComputeContext) -> Any:

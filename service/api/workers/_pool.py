@@ -22,7 +22,6 @@ import contextlib
 import functools
 import itertools
 import logging
-import math
 import multiprocessing
 import socket
 import time
@@ -416,28 +415,23 @@ class WorkerPool:
 
     async def _relay(self, exchange: Exchange, send: Send, response: _Response) -> None:
         """The worker's response, sent on as it comes, until the worker says it is done; bounded
-        by the deadline while the request waits in the front, by the deadline plus the grace once
-        it is computed."""
+        in time as the comments say."""
         grace = self.settings.deadline_grace_s
         while True:
-            if exchange.begun:
-                limit = exchange.deadline + grace
-            elif exchange.worker is None:
-                limit = exchange.deadline
-            else:  # next in a worker's line: it begins once the one before it ends (itself bounded)
-                limit = math.inf
+            # Waiting in the front: until the deadline. In a worker: until the deadline plus the
+            # grace, whether computing or next in line (a worker that has not begun it by then is
+            # stuck on something that ignores its deadline, or wedged).
+            limit = exchange.deadline if exchange.worker is None else exchange.deadline + grace
             with anyio.move_on_after(limit - time.monotonic()) as timer:
                 message = await exchange.inbox.get()
             if timer.cancelled_caught:
-                if exchange.begun and exchange.worker is not None:
-                    exchange.worker.kill("deadline")
-                    raise DeadlineExceeded(
-                        f"The computation ran past its time budget of {self.settings.request_timeout_s:g} s and "
-                        f"was stopped {grace:g} s later; send less, or ask for less."
-                    )
                 if exchange.worker is None:
                     raise DeadlineExceeded("The request's time budget ran out while it waited for a compute worker.")
-                continue
+                exchange.worker.kill("deadline")
+                raise DeadlineExceeded(
+                    f"The computation ran past its time budget of {self.settings.request_timeout_s:g} s and was "
+                    f"stopped {grace:g} s later; send less, or ask for less."
+                )
             if message == DIED:
                 raise WorkerCrashed(
                     "The compute worker running this request stopped unexpectedly (a crash, or out of memory); "
