@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
+from service.api.asgi import Metrics
+from service.api.workers import WorkerPool
 from service.compute.expressions.differentiate import differentiate, dry_run
 from service.compute.expressions.language import Limits, compile_program
 from service.compute.ops.activations import ActivationSample, ActivationSpec
@@ -12,6 +17,7 @@ from service.compute.ops.losses import LossSample, LossSpec
 from service.compute.optimisation import Objective, Schedule, optimize
 from service.compute.optimisation.objectives import OBJECTIVES
 from service.compute.optimisation.optimizers import OPTIMIZERS, OptimizerSpec
+from service.config import Settings
 from tests.api.test_losses_api import wire_body
 from tests.compute.test_activations import CASES, sample_input
 from tests.compute.test_budgets import signature
@@ -185,3 +191,33 @@ def test_the_estimated_peak_memory_covers_what_cuda_allocates() -> None:
         del result
         _, cost = dry_run(signature(source, inputs, wanted, batch))  # type: ignore[arg-type]
         assert measured * 0.9 <= cost.bytes <= 4 * measured, (source, measured, cost.bytes)
+
+
+def test_one_compute_worker_per_gpu() -> None:
+    """By default a server has one worker process per GPU, each on its own device."""
+    settings = Settings(device="auto")
+    count = torch.cuda.device_count()
+    assert settings.effective_compute_processes() == count
+    pool = WorkerPool(settings, Metrics(), count)
+    devices = [pool.worker_settings(index).device for index in range(count)]
+    assert devices == ([f"cuda:{index}" for index in range(count)] if count > 1 else ["auto"])
+
+
+def test_a_device_side_assert_is_seen_by_the_workers_health_check() -> None:
+    """After a device-side assert every CUDA call fails: cuda_broken() says so, and a worker then
+    exits to be replaced (its context cannot recover); in a fresh process it says no."""
+    program = (
+        "import torch\n"
+        "from service.compute.runtime import cuda_broken\n"
+        "x = torch.zeros(4, device='cuda')\n"
+        "print('before', cuda_broken())\n"
+        "try:\n"
+        "    x[torch.tensor([40], device='cuda')] = 1.0\n"
+        "    torch.cuda.synchronize()\n"
+        "except RuntimeError:\n"
+        "    pass\n"
+        "print('after', cuda_broken())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120, check=False)
+    assert "before False" in done.stdout, done.stderr
+    assert "after True" in done.stdout, done.stderr

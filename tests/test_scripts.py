@@ -100,11 +100,13 @@ def wrk_result(statuses: dict[int, int], socket_errors: str | None = None) -> Wr
     return WrkResult(sum(statuses.values()), 10.0, 1.0, 2.0, statuses, socket_errors)
 
 
-def test_load_fails_a_load_that_got_no_200() -> None:
-    fine = {"1x": wrk_result({200: 50}), "10x": wrk_result({200: 3, 503: 900})}
+def test_load_fails_a_load_that_got_no_200_or_too_few() -> None:
+    fine = {"1x": wrk_result({200: 50}), "10x": wrk_result({200: 40, 503: 900})}
     assert problems_in(fine, {"1x": {}, "10x": {}}) == []
+    starved = {"1x": wrk_result({200: 50}), "10x": wrk_result({200: 3, 503: 900})}
+    assert problems_in(starved, {}) == ["goodput 0.06 at 10x, under 0.5"]
     only_503 = {"1x": wrk_result({200: 50}), "10x": wrk_result({503: 900})}
-    assert problems_in(only_503, {}) == ["10x: no 200 came back, only 503: 900"]
+    assert problems_in(only_503, {}) == ["10x: no 200 came back, only 503: 900", "goodput 0.00 at 10x, under 0.5"]
     nothing = {"1x": wrk_result({}), "10x": wrk_result({200: 1, 500: 1}, "Socket errors: connect 0, read 1")}
     assert problems_in(nothing, {"10x": {"failures": [503.0]}}) == [
         "1x: no 200 came back, only no status at all",

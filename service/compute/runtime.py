@@ -130,3 +130,17 @@ def concrete(tensor: torch.Tensor) -> torch.Tensor | None:
     while torch._C._functorch.is_functorch_wrapped_tensor(tensor):
         tensor = torch._C._functorch.get_unwrapped(tensor)
     return None if tensor.is_meta else tensor
+
+
+def cuda_broken() -> bool:
+    """Whether this process's CUDA context is unusable (after a device-side assert, every later
+    CUDA call fails): a worker process then exits, to be replaced. False where CUDA was never
+    initialised here."""
+    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):  # type: ignore[no-untyped-call]
+        return False
+    try:
+        torch.cuda.synchronize()
+        torch.cuda.current_stream().query()
+    except RuntimeError:  # torch.AcceleratorError is one
+        return True
+    return False

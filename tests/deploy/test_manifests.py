@@ -3,8 +3,9 @@
 Kubernetes manifests (deploy/k8s/**/*.yaml) are validated offline against the schemas that the
 kubernetes-validate package ships; the rest checks what a schema cannot: probe paths are real routes,
 ports agree, every GRADIENT_* variable is a real setting with a value that parses, shutdown timings fit
-in the grace period, workers x threads fit in the CPU limit, the GPU variant asks for a GPU, Prometheus
-scrapes the compose service, and the Dockerfile follows the image rules.
+in the grace period, server processes x compute workers x threads fit in the CPU limit and the workers'
+memory caps in the memory limit, the GPU variant asks for a GPU per compute worker, Prometheus scrapes
+the compose service, and the Dockerfile follows the image rules.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
+from service.api.workers._pool import STOP_TIMEOUT_S
 from service.config import Settings
 from service.main import create_app
 
@@ -32,6 +34,15 @@ DOCKERFILE = ROOT / "Dockerfile"
 
 # The oldest Kubernetes release the manifests are meant for, and the newest the package knows.
 OLDEST_KUBERNETES = "1.29"
+
+FRONT_MIB = 384
+"""Memory left under the limit for each server process (about 250 MiB after its warm-up) and the fork
+server its compute workers start from (about 130 MiB of its own), beside the workers' caps."""
+
+KUBERNETES_UNITS = {"": 1, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6, "G": 10**9}
+DOCKER_UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30}
+"""Memory units: Kubernetes quantities (binary Ki, Mi, ...; decimal k, M, ...), and compose's (binary, any
+case, with an optional trailing b)."""
 
 Manifest = dict[str, Any]
 
@@ -97,6 +108,20 @@ def settings_from(env: dict[str, str]) -> Settings:
 def cpu_quantity(value: str | int | float) -> float:
     text = str(value)
     return int(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+def memory_mib(value: str | int, *, docker: bool = False) -> float:
+    """A memory quantity in MiB: Kubernetes' (2Gi, 512Mi, bytes) or, with ``docker``, compose's (2g, 512m)."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([A-Za-z]*)", str(value).strip())
+    assert match, f"not a memory quantity: {value!r}"
+    number, unit = float(match.group(1)), match.group(2)
+    units = KUBERNETES_UNITS
+    if docker:
+        units, unit = DOCKER_UNITS, unit.lower()
+        if len(unit) == 2 and unit.endswith("b"):
+            unit = unit[0]
+    assert unit in units, f"unknown memory unit in {value!r}"
+    return number * units[unit] / 2**20
 
 
 def routes() -> set[str]:
@@ -172,6 +197,11 @@ def test_gradient_variables_are_settings_that_parse(path: Path, deployment: Mani
         assert settings.host == "0.0.0.0", "a pod must listen on every interface"
 
 
+def worker_stop_s(settings: Settings) -> float:
+    """After the shutdown grace, how long the compute workers may take to exit before they are killed."""
+    return STOP_TIMEOUT_S if settings.effective_compute_processes() else 0.0
+
+
 @pytest.mark.parametrize(("path", "deployment"), DEPLOYMENTS, ids=DEPLOYMENT_IDS)
 def test_the_grace_period_covers_prestop_drain_and_shutdown(path: Path, deployment: Manifest) -> None:
     pod = deployment["spec"]["template"]["spec"]
@@ -183,8 +213,18 @@ def test_the_grace_period_covers_prestop_drain_and_shutdown(path: Path, deployme
         sleep = float(command[1]) if command[:1] == ["sleep"] else float(pre_stop.get("sleep", {}).get("seconds", 0))
         assert sleep > 0, f"{label(path, deployment)}: a preStop sleep lets endpoints drop the pod first"
         assert grace > settings.shutdown_grace_s
-        needed = sleep + settings.drain_s + settings.shutdown_grace_s
-        assert grace > needed, f"{label(path, deployment)}: grace {grace}s <= preStop+drain+shutdown {needed}s"
+        needed = sleep + settings.drain_s + settings.shutdown_grace_s + worker_stop_s(settings)
+        assert grace > needed, f"{label(path, deployment)}: grace {grace}s <= preStop+drain+shutdown+stop {needed}s"
+
+
+def computing_threads(settings: Settings) -> int:
+    """Threads computing at once: server processes x compute workers each x torch threads each."""
+    return settings.workers * settings.effective_compute_processes() * settings.effective_torch_threads()
+
+
+def worker_memory_mib(settings: Settings) -> int:
+    """The most memory the compute workers may hold before they are replaced: the cap x their number."""
+    return settings.worker_max_rss_mb * settings.effective_compute_processes() * settings.workers
 
 
 @pytest.mark.parametrize(("path", "deployment"), DEPLOYMENTS, ids=DEPLOYMENT_IDS)
@@ -195,11 +235,27 @@ def test_workers_times_threads_fit_the_cpu_limit(path: Path, deployment: Manifes
         limit = cpu_quantity(resources["limits"]["cpu"])
         assert cpu_quantity(resources["requests"]["cpu"]) <= limit
         assert "memory" in resources["requests"] and "memory" in resources["limits"]
-        # Explicit threads: os.cpu_count() in a pod is the node's, not the limit.
-        assert settings.torch_threads > 0, f"{label(path, deployment)}: set GRADIENT_TORCH_THREADS explicitly"
-        used = settings.workers * settings.torch_threads
-        assert used <= limit, f"{label(path, deployment)}: {used} threads > CPU limit {limit}"
-        assert used >= math.floor(limit), f"{label(path, deployment)}: {used} threads leave CPUs idle"
+        # Explicit processes and threads: their defaults count os.cpu_count(), in a pod the node's cores.
+        where = label(path, deployment)
+        assert settings.compute_processes != "auto", f"{where}: set GRADIENT_COMPUTE_PROCESSES explicitly"
+        assert settings.effective_compute_processes() > 0, f"{where}: compute in worker processes"
+        assert settings.torch_threads > 0, f"{where}: set GRADIENT_TORCH_THREADS explicitly"
+        used = computing_threads(settings)
+        assert used <= limit, f"{where}: {used} threads > CPU limit {limit}"
+        assert used >= math.floor(limit), f"{where}: {used} threads leave CPUs idle"
+
+
+@pytest.mark.parametrize(("path", "deployment"), DEPLOYMENTS, ids=DEPLOYMENT_IDS)
+def test_worker_memory_caps_fit_the_memory_limit(path: Path, deployment: Manifest) -> None:
+    for container in containers(deployment):
+        settings = settings_from(env_of(container))
+        resources = container["resources"]
+        limit = memory_mib(resources["limits"]["memory"])
+        assert memory_mib(resources["requests"]["memory"]) <= limit
+        where = label(path, deployment)
+        assert settings.worker_max_rss_mb > 0, f"{where}: set GRADIENT_WORKER_MAX_RSS_MB under the memory limit"
+        needed = worker_memory_mib(settings) + settings.workers * FRONT_MIB
+        assert needed <= limit, f"{where}: workers' caps and fronts need {needed} MiB > memory limit {limit:g} MiB"
 
 
 @pytest.mark.parametrize(("path", "deployment"), DEPLOYMENTS, ids=DEPLOYMENT_IDS)
@@ -220,7 +276,10 @@ def test_the_gpu_variant_asks_for_one_gpu_per_pod() -> None:
             assert int(resources["limits"]["nvidia.com/gpu"]) == 1, label(path, deployment)
             settings = settings_from(env_of(container))
             assert settings.device.startswith("cuda"), f"{label(path, deployment)}: GRADIENT_DEVICE is not cuda"
-            assert settings.workers == 1, "one worker process (one CUDA context) per GPU"
+            assert settings.workers == 1, "one server process, whose compute workers share out the GPUs"
+            gpus = int(resources["limits"]["nvidia.com/gpu"])
+            processes = settings.effective_compute_processes()
+            assert processes == gpus, f"{label(path, deployment)}: {processes} compute workers for {gpus} GPUs"
     cpu = [(path, doc) for path, doc in deployments() if (path, doc) not in gpu]
     assert cpu and all("nvidia.com/gpu" not in json.dumps(doc) for _, doc in cpu)
 
@@ -268,10 +327,13 @@ def test_compose_service_settings_parse_and_ports_agree() -> None:
     settings = settings_from(env)
     published = {int(str(port).rsplit(":", 1)[-1]) for port in service["ports"]}
     assert settings.port in published
-    assert settings.workers * settings.effective_torch_threads() <= float(service["cpus"])
+    assert settings.compute_processes != "auto" and settings.torch_threads > 0, "explicit: the host's cores"
+    assert computing_threads(settings) <= float(service["cpus"])
+    assert settings.worker_max_rss_mb > 0
+    assert worker_memory_mib(settings) + settings.workers * FRONT_MIB <= memory_mib(service["mem_limit"], docker=True)
     assert service["build"]["context"] == ".." and service["build"]["dockerfile"] == "Dockerfile"
     stop = re.fullmatch(r"(\d+)s", service["stop_grace_period"])
-    assert stop and int(stop.group(1)) > settings.drain_s + settings.shutdown_grace_s
+    assert stop and int(stop.group(1)) > settings.drain_s + settings.shutdown_grace_s + worker_stop_s(settings)
 
 
 def test_prometheus_scrapes_the_compose_service(app_routes: set[str]) -> None:

@@ -146,3 +146,22 @@ def test_an_overloaded_worker_pool_answers_every_request(tmp_path: Path) -> None
     assert sum(answer.status_code == 200 for answer in answers) >= 2
     for refused in (answer for answer in answers if answer.status_code == 503):
         assert_error(refused, 503, "overloaded")
+
+
+def test_a_request_abandoned_before_it_began_is_never_computed(tmp_path: Path) -> None:
+    """A request handed to a busy worker as its next, whose client gives up before the worker is
+    free, is skipped by the worker: no computation is counted for it, and the worker serves on."""
+    with running_server(tmp_path / "server.log", GRADIENT_REQUEST_TIMEOUT_S="600") as (base, *_):
+        with (
+            httpx.Client(base_url=base, timeout=60) as client,
+            client.stream("POST", "/v1/optimize", json=LONG_STREAM, headers={"accept": "text/event-stream"}) as stream,
+        ):
+            lines = stream.iter_lines()  # (held: a dropped iterator would close the stream)
+            assert next(lines) == "event: progress"
+            with pytest.raises(httpx.ReadTimeout):
+                httpx.post(f"{base}/v1/differentiate", json={"expression": "x * x", "inputs": {"x": 3.0}}, timeout=1)
+        answer = httpx.post(f"{base}/v1/differentiate", json={"expression": "x * 2", "inputs": {"x": 3.0}}, timeout=60)
+        assert answer.status_code == 200
+        metrics = httpx.get(f"{base}/metrics").text
+        assert 'gradient_compute_duration_seconds_count{op="differentiate"} 1.0' in metrics
+        assert 'gradient_worker_restarts_total{reason="crashed"}' not in metrics

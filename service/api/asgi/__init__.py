@@ -6,7 +6,7 @@ from service.api.asgi._auth import ApiKeyMiddleware
 from service.api.asgi._headers import raw_header
 from service.api.asgi._lane import ComputeLane
 from service.api.asgi._limits import GZIP_LEVEL, BodyLimitMiddleware, GZipIfAccepted
-from service.api.asgi._observability import STARTED_KEY, Metrics, RequestMiddleware
+from service.api.asgi._observability import STARTED_KEY, Metrics, RequestMiddleware, local_gpu_memory
 
 __all__ = [
     "GZIP_LEVEL",
@@ -17,5 +17,6 @@ __all__ = [
     "GZipIfAccepted",
     "Metrics",
     "RequestMiddleware",
+    "local_gpu_memory",
     "raw_header",
 ]

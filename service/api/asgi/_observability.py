@@ -6,7 +6,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -28,14 +28,33 @@ CLIENT_CLOSED = 499
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
+GpuMemory = dict[str, tuple[int, int]]
+"""Bytes allocated and reserved, by device name."""
+
+
+def local_gpu_memory() -> GpuMemory:
+    """GPU memory allocated and reserved by this process, per device (only from devices torch
+    has already initialised: never creates a CUDA context)."""
+    import torch
+
+    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):  # type: ignore[no-untyped-call]
+        return {}
+    return {
+        f"cuda:{index}": (torch.cuda.memory_allocated(index), torch.cuda.memory_reserved(index))
+        for index in range(torch.cuda.device_count())
+    }
+
+
 class GpuMemoryCollector(Collector):
-    """GPU memory allocated and reserved by this process, per device, read at scrape time
-    (only from devices torch has already initialised: a scrape never creates a CUDA context)."""
+    """GPU memory allocated and reserved, per device, read at scrape time from ``source`` (this
+    process's, or its compute workers' as of their last request)."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], GpuMemory] = local_gpu_memory
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
-        import torch
-
-        if not (torch.cuda.is_available() and torch.cuda.is_initialized()):  # type: ignore[no-untyped-call]
+        memory = self.source()
+        if not memory:
             return
         allocated = GaugeMetricFamily(
             "gradient_gpu_memory_allocated_bytes", "GPU memory held by tensors.", labels=["device"]
@@ -43,9 +62,9 @@ class GpuMemoryCollector(Collector):
         reserved = GaugeMetricFamily(
             "gradient_gpu_memory_reserved_bytes", "GPU memory reserved by the caching allocator.", labels=["device"]
         )
-        for index in range(torch.cuda.device_count()):
-            allocated.add_metric([f"cuda:{index}"], torch.cuda.memory_allocated(index))
-            reserved.add_metric([f"cuda:{index}"], torch.cuda.memory_reserved(index))
+        for device, (held, cached) in sorted(memory.items()):
+            allocated.add_metric([device], held)
+            reserved.add_metric([device], cached)
         yield allocated
         yield reserved
 
@@ -104,7 +123,8 @@ class Metrics:
         )
         self.worker_restarts = Counter(
             "gradient_worker_restarts",
-            "Compute worker processes replaced after they died: crashed, or deadline (killed past budget + grace).",
+            "Compute worker processes replaced after they ended: crashed, deadline (killed past budget + grace), "
+            "device_error (a broken CUDA context).",
             ["reason"],
             registry=self.registry,
         )
@@ -114,7 +134,8 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
-        self.registry.register(GpuMemoryCollector())
+        self.gpu_memory = GpuMemoryCollector()
+        self.registry.register(self.gpu_memory)
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def _child(self, metric: Any, *labels: str) -> Any:

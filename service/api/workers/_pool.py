@@ -37,9 +37,9 @@ from starlette.types import Receive, Scope, Send
 
 from service.api.asgi import STARTED_KEY, Metrics
 from service.api.errors import REQUEST_ID_KEY
-from service.api.streaming import sse_event
+from service.api.streaming import PROGRESS_BUFFER, sse_event
 from service.api.workers._channel import Arena, Channel, Kind, Message
-from service.api.workers._worker import run_worker
+from service.api.workers._worker import DEVICE_ERROR_EXIT, run_worker
 from service.config import Settings
 from service.errors import DeadlineExceeded, Overloaded, ServiceError, WorkerCrashed
 
@@ -55,6 +55,8 @@ RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0)
 """Waits between attempts to start a worker that keeps failing to start."""
 FORWARDED_OUT = (b"accept-encoding", b"x-request-id")
 """Request headers the front handles itself (compression, the request id) and does not pass on."""
+PROGRESS = b"event: progress\n"
+"""How a progress event of a stream begins (each is one body message)."""
 DIED = "died"
 REQUEUED = "requeued"
 
@@ -103,6 +105,8 @@ class Worker:
     """Why the front killed it, so that its end is not counted as a crash."""
     computations: int = 0
     rss: int = 0
+    gpu: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """GPU memory allocated and reserved by device, as of its last request."""
 
     def kill(self, reason: str) -> None:
         self.killed_for = self.killed_for or reason
@@ -147,6 +151,16 @@ class WorkerPool:
         self._readers: set[asyncio.Future[Any]] = set()
         self._stopping = False
         metrics.workers_alive.set_function(lambda: sum(1 for worker in self.live if worker.started))
+        metrics.gpu_memory.source = self.gpu_memory
+
+    def gpu_memory(self) -> dict[str, tuple[int, int]]:
+        """GPU memory by device, summed over the live workers (as of their last requests)."""
+        total: dict[str, tuple[int, int]] = {}
+        for worker in self.live:
+            for device, (held, cached) in worker.gpu.items():
+                before = total.get(device, (0, 0))
+                total[device] = (before[0] + held, before[1] + cached)
+        return total
 
     @property
     def running(self) -> int:
@@ -177,8 +191,10 @@ class WorkerPool:
     async def stop(self) -> None:
         """Ask every worker to exit once its requests are answered; kill those that do not."""
         self._stopping = True
-        for task in list(self._tasks):
+        starting = list(self._tasks)
+        for task in starting:
             task.cancel()
+        await asyncio.gather(*starting, return_exceptions=True)
         workers = list(self.live)
         for worker in workers:
             worker.accepting = False
@@ -218,10 +234,18 @@ class WorkerPool:
         )
         try:
             await anyio.to_thread.run_sync(process.start)
+            socket.send_fds(front, [b"arenas"], [to_worker.fd, to_front.fd])
+            channel = await Channel.open(front, outgoing=to_worker, incoming=to_front)
+        except BaseException:  # (cancelled too: stopping while a worker starts)
+            front.close()
+            to_worker.close()
+            to_front.close()
+            if process.pid is not None:
+                process.kill()
+            raise
         finally:
             back.close()
-        socket.send_fds(front, [b"arenas"], [to_worker.fd, to_front.fd])
-        worker = Worker(index, process, await Channel.open(front, outgoing=to_worker, incoming=to_front))
+        worker = Worker(index, process, channel)
         self.live.add(worker)
         reader = asyncio.ensure_future(self._read(worker))
         self._readers.add(reader)
@@ -236,17 +260,21 @@ class WorkerPool:
 
     async def _read(self, worker: Worker) -> None:
         """Route the worker's messages until its channel closes; then account for its end."""
-        while (message := await worker.channel.receive()) is not None:
-            if message.kind == Kind.READY:
-                worker.started = True
-                worker.ready.set()
-            elif message.kind == Kind.OBSERVE:
-                observe: Callable[[str, float], None] = self.metrics.observe_compute
-                if message.meta["metric"] == "compilation":
-                    observe = self.metrics.observe_compilation
-                observe(message.meta["label"], message.meta["value"])
-            else:
-                self._route(worker, message)
+        try:
+            while (message := await worker.channel.receive()) is not None:
+                if message.kind == Kind.READY:
+                    worker.started = True
+                    worker.ready.set()
+                elif message.kind == Kind.OBSERVE:
+                    observe: Callable[[str, float], None] = self.metrics.observe_compute
+                    if message.meta["metric"] == "compilation":
+                        observe = self.metrics.observe_compilation
+                    observe(message.meta["label"], message.meta["value"])
+                else:
+                    self._route(worker, message)
+        except Exception:  # a message this front cannot read: the worker cannot be trusted either
+            logger.exception("compute worker %d sent what its front could not read; ending it", worker.index)
+            worker.kill("crashed")
         await self._ended(worker)
 
     def _route(self, worker: Worker, message: Message) -> None:
@@ -255,11 +283,18 @@ class WorkerPool:
             return
         if message.kind == Kind.BEGIN:
             exchange.begun = True
+        elif (
+            message.kind == Kind.BODY
+            and message.data.startswith(PROGRESS)
+            and exchange.inbox.qsize() >= PROGRESS_BUFFER
+        ):
+            return  # the client reads slowly: drop progress events, as a stream in one process does
         exchange.inbox.put_nowait(message)
         if message.kind == Kind.END:
             del worker.exchanges[exchange.id]
             worker.computations += exchange.begun
             worker.rss = message.meta["rss"]
+            worker.gpu = {device: (held, cached) for device, (held, cached) in message.meta["gpu"].items()}
             self._after(worker)
             self._dispatch()  # at once: the worker may be idle
 
@@ -284,7 +319,7 @@ class WorkerPool:
         if self._stopping or not worker.started or self.slots[worker.index] is not worker:
             self._dispatch()
             return
-        reason = worker.killed_for or "crashed"
+        reason = worker.killed_for or ("device_error" if worker.process.exitcode == DEVICE_ERROR_EXIT else "crashed")
         self.metrics.worker_restarts.labels(reason).inc()
         logger.warning(
             "compute worker %d (pid %d) ended (%s, exit code %s); starting another",

@@ -22,15 +22,18 @@ from typing import Any
 
 from starlette.types import Message as AsgiMessage
 
-from service.api.asgi import STARTED_KEY, Metrics
+from service.api.asgi import STARTED_KEY, Metrics, local_gpu_memory
 from service.api.errors import REQUEST_ID_KEY
 from service.api.workers._channel import Arena, Channel, Kind, Message
+from service.compute.runtime import cuda_broken
 from service.config import Settings
 from service.logs import logging_config
 
 logger = logging.getLogger("service.workers")
 
 PR_SET_PDEATHSIG = 1
+DEVICE_ERROR_EXIT = 3
+"""The exit status of a worker whose CUDA context broke (the front counts it as a device error)."""
 
 
 def run_worker(sock: socket.socket, settings_json: str) -> None:
@@ -60,6 +63,12 @@ def resident_bytes() -> int:
         import resource
 
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def ended(request_id: int) -> dict[str, Any]:
+    """The END message of a request: with this process's memory, for the front's recycling and
+    metrics."""
+    return {"id": request_id, "rss": resident_bytes(), "gpu": local_gpu_memory()}
 
 
 class RelayedMetrics(Metrics):
@@ -139,11 +148,15 @@ class Line:
             request = self.waiting.popleft()
             if request.meta["id"] in self.dropped:
                 self.dropped.discard(request.meta["id"])
-                self.channel.post(Kind.END, {"id": request.meta["id"], "rss": resident_bytes()})
+                self.channel.post(Kind.END, ended(request.meta["id"]))
                 continue
             self.current = Exchange(self.app, self.channel, request)
             await self.current.run()
             self.current = None
+            if cuda_broken():  # a device-side assert poisoned the context: only a new process recovers
+                logger.error("the CUDA context is unusable after the last request; this worker exits")
+                await self.channel.writer.drain()
+                os._exit(DEVICE_ERROR_EXIT)
 
 
 class Exchange:
@@ -181,7 +194,7 @@ class Exchange:
             await self.app(scope, self.receive, self.send)
         except Exception:  # answered already (the app answers everything else); the front ends it
             logger.exception("a forwarded request failed after its response began")
-        self.channel.post(Kind.END, {"id": self.id, "rss": resident_bytes()})
+        self.channel.post(Kind.END, ended(self.id))
 
     async def receive(self) -> AsgiMessage:
         if not self._body_sent:
