@@ -81,15 +81,28 @@ class EventStream:
                 finally:
                     self._cancelled.set()  # the client went away (or the stream ended): stop computing
 
-        class Stream(StreamingResponse):
-            async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-                try:
-                    await super().__call__(scope, receive, send)
-                finally:
-                    if not called and unused is not None:
-                        unused()
+        def if_unused() -> None:
+            if not called:
+                self._events.close()
+                self._received.close()
+                if unused is not None:
+                    unused()
 
-        return Stream(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return _Stream(stream(), if_unused)
+
+
+class _Stream(StreamingResponse):
+    """An event stream that calls ``finally_`` when it ends, however it ends."""
+
+    def __init__(self, events: AsyncIterator[bytes], finally_: Callable[[], None]) -> None:
+        super().__init__(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        self.finally_ = finally_
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.finally_()
 
 
 def wants_events(request: Request) -> bool:

@@ -133,9 +133,9 @@ def concrete(tensor: torch.Tensor) -> torch.Tensor | None:
 
 
 def cuda_broken() -> bool:
-    """Whether this process's CUDA context is unusable (after a device-side assert, every later
-    CUDA call fails): a worker process then exits, to be replaced. False where CUDA was never
-    initialised here."""
+    """Whether this process's CUDA context on its current device is unusable (after a
+    device-side assert, every later CUDA call fails): a worker process then exits, to be
+    replaced. False where CUDA was never initialised here."""
     if not (torch.cuda.is_available() and torch.cuda.is_initialized()):  # type: ignore[no-untyped-call]
         return False
     try:

@@ -14,6 +14,7 @@ import httpx
 import orjson
 import pytest
 import torch
+from starlette.types import Message
 
 from service.api.workers import WorkerPool
 from service.api.workers._channel import INLINE_MAX
@@ -103,7 +104,7 @@ def test_a_worker_that_ignores_its_deadline_is_ended(make_client: ClientFactory)
     started = time.monotonic()
     error = assert_error(client.post("/v1/differentiate", json=SMALL), 504, "deadline_exceeded")
     assert time.monotonic() - started < 30  # (a hang would not end at all)
-    assert "stopped 0.5 s later" in error["message"]
+    assert "0.5 s more, and was stopped" in error["message"]
     eventually(lambda: worker_pids(client) not in ([], [stuck]), "a new worker took the slot")
     assert client.post("/v1/differentiate", json=SMALL).status_code == 200
     assert metric(client, 'gradient_worker_restarts_total{reason="deadline"}') == 1
@@ -169,9 +170,14 @@ def test_a_stream_into_a_full_pool_is_a_503_not_an_error_event(make_client: Clie
     assert [kind for kind, _ in parse_events(again.text)] == ["progress", "progress", "progress", "result"]
 
 
-def test_bodies_past_the_inline_size_cross_by_shared_memory(client: AppClient) -> None:
+def test_bodies_past_the_inline_size_cross_by_shared_memory(make_client: ClientFactory) -> None:
     """A request and a response each over the channel's inline size, and a stream whose every
-    event is: byte for byte what torch computes, events in order."""
+    event is: byte for byte what torch computes, events in order, through the arenas."""
+    client = make_client(compute_processes=1)
+    pool = client.app.compute_pool
+    assert isinstance(pool, WorkerPool)
+    channel = pool.slots[0].channel if pool.slots[0] is not None else None
+    assert channel is not None
     x = torch.linspace(-3.0, 3.0, 100_000, dtype=torch.float64)
     answer = client.post(
         "/v1/differentiate",
@@ -189,3 +195,36 @@ def test_bodies_past_the_inline_size_cross_by_shared_memory(client: AppClient) -
     assert min(len(orjson.dumps(data)) for _, data in events) > INLINE_MAX
     plain = client.post("/v1/optimize", json=body).json()
     assert events[-1][1]["summary"] == plain["summary"]
+    assert os.fstat(channel.outgoing.fd).st_size > INLINE_MAX  # requests went through the arena
+    assert os.fstat(channel.incoming.fd).st_size > INLINE_MAX  # and so did responses
+
+
+def test_a_stream_that_never_starts_gives_its_reserved_slot_back(make_client: ClientFactory) -> None:
+    """In threads, a stream takes its slot before its response starts; if sending the start
+    fails (the client is gone), the slot is free again: with one slot and no queue, the next
+    request is computed, not refused."""
+    client = make_client(compute_processes=0, max_queue=0)
+    app = client.app
+    body = orjson.dumps({**LONG_RUN, "steps": 10, "record_every": 5})
+
+    async def call() -> None:
+        sent = False
+
+        async def receive() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return {"type": "http.disconnect"}
+
+        async def send(message: Message) -> None:
+            raise OSError("the client is gone")
+
+        headers = [(b"content-type", b"application/json"), (b"accept", b"text/event-stream")]
+        scope = {"type": "http", "method": "POST", "path": "/v1/optimize", "headers": headers, "query_string": b""}
+        with pytest.raises(OSError, match="the client is gone"):
+            await app(scope, receive, send)
+
+    client._portal.call(call)
+    assert app.compute_pool.running == 0
+    assert client.post("/v1/differentiate", json=SMALL).status_code == 200

@@ -19,7 +19,7 @@ from service.api.endpoints._settings import settings_of
 from service.api.responses import JSONBytesResponse, dump_json
 from service.api.schemas import ComputeRequest
 from service.compute.budgets import Deadline
-from service.compute.runtime import out_of_memory
+from service.compute.runtime import out_of_memory, resolve_device
 from service.config import Settings
 from service.errors import DeadlineExceeded
 
@@ -64,7 +64,11 @@ async def run_compute(
     """Run ``job`` inline (see ``admit``), or in the compute pool: bounded, 503 when full, 504
     past ``deadline``; at once in a slot the caller ``reserved``."""
     if inline:
-        return job()
+        try:
+            return job()
+        finally:
+            if reserved is not None:
+                request.app.compute_pool.release(reserved)
     return await request.app.compute_pool.run(job, deadline, reserved=reserved)  # type: ignore[no-any-return]
 
 
@@ -150,6 +154,13 @@ class Call(Generic[Body]):
         self.request.app.compute_pool.release(token)
 
 
+def _on_gpu_elsewhere(request: Request, body: ComputeRequest) -> bool:
+    """A request for a GPU, where worker processes own the GPUs (the server process never
+    touches one)."""
+    settings = settings_of(request)
+    return bool(request.app.compute_pool.remote) and resolve_device(body.device, settings.device).type == "cuda"
+
+
 async def accept(
     request: Request, model: type[Body], *, inline: bool = True, offload: Callable[[Body], bool] | None = None
 ) -> Call[Body]:
@@ -160,6 +171,6 @@ async def accept(
     require_json(request)
     raw = await read_body(request)
     body = parse_json_body(raw, model)
-    if runs_inline and offload is not None and offload(body):
+    if runs_inline and ((offload is not None and offload(body)) or _on_gpu_elsewhere(request, body)):
         runs_inline = admit(request, inline=False, body=raw)
     return Call(request, body, settings_of(request), runs_inline)

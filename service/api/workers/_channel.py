@@ -10,11 +10,13 @@ once and answers ``ACK``, and the writer waits for that before writing the arena
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import mmap
 import os
 import socket
 import struct
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
@@ -68,22 +70,31 @@ class Arena:
     def _mapping(self, size: int) -> mmap.mmap:
         if self._map is None or self._size < size:
             if self._map is not None:
-                self._map.close()
+                with contextlib.suppress(BufferError):  # a view still out: unmapped once it is gone
+                    self._map.close()
             self._size = os.fstat(self.fd).st_size
             self._map = mmap.mmap(self.fd, self._size)
         return self._map
 
-    def write(self, data: bytes) -> None:
-        if os.fstat(self.fd).st_size < len(data):
-            os.ftruncate(self.fd, -(-len(data) * 5 // 4 // PAGE) * PAGE)  # a quarter to spare, whole pages
-        self._mapping(len(data))[: len(data)] = data
+    def write(self, chunks: Sequence[bytes]) -> int:
+        """Write ``chunks`` one after another from the start; return their total size."""
+        size = sum(len(chunk) for chunk in chunks)
+        if os.fstat(self.fd).st_size < size:
+            os.ftruncate(self.fd, -(-size * 5 // 4 // PAGE) * PAGE)  # a quarter to spare, whole pages
+        mapping, offset = self._mapping(size), 0
+        for chunk in chunks:
+            mapping[offset : offset + len(chunk)] = chunk
+            offset += len(chunk)
+        return size
 
     def read(self, size: int) -> bytes:
+        """A copy of the first ``size`` bytes."""
         return self._mapping(size)[:size]
 
     def close(self) -> None:
         if self._map is not None:
-            self._map.close()
+            with contextlib.suppress(BufferError):
+                self._map.close()
         os.close(self.fd)
 
 
@@ -101,6 +112,7 @@ class Channel:
         self._arena_free = asyncio.Event()
         self._arena_free.set()
         self._sending = asyncio.Lock()
+        self.closed = False
 
     @classmethod
     async def open(cls, sock: socket.socket, outgoing: Arena, incoming: Arena) -> Channel:
@@ -114,16 +126,27 @@ class Channel:
         if data:
             self.writer.write(data)
 
-    async def send(self, kind: Kind, meta: dict[str, Any] | None = None, data: bytes = b"") -> None:
-        """Send a frame; a large ``data`` goes through the arena once the reader freed it. Frames
-        sent this way keep their order."""
+    async def send(self, kind: Kind, meta: dict[str, Any] | None = None, data: bytes | Sequence[bytes] = b"") -> None:
+        """Send a frame whose data is ``data`` (or its chunks, joined); a large one goes through
+        the arena once the reader freed it. Frames sent this way keep their order. Raises
+        ConnectionError once the channel is closed."""
+        chunks = [data] if isinstance(data, bytes) else list(data)  # (a body as it arrived: not joined)
+        size = sum(len(chunk) for chunk in chunks)
         async with self._sending:
-            if len(data) > INLINE_MAX:
+            if size > INLINE_MAX:
                 await self._arena_free.wait()
+                if self.closed:
+                    raise ConnectionError("the channel is closed")
                 self._arena_free.clear()
-                self.outgoing.write(data)
-                meta, data = {**(meta or {}), "arena": len(data)}, b""
-            self.post(kind, meta, data)
+                try:
+                    self.outgoing.write(chunks)
+                except BaseException:
+                    self._arena_free.set()
+                    raise
+                meta, chunks = {**(meta or {}), "arena": size}, []
+            if self.closed:
+                raise ConnectionError("the channel is closed")
+            self.post(kind, meta, b"".join(chunks))
             await self.writer.drain()
 
     async def receive(self) -> Message | None:
@@ -144,4 +167,6 @@ class Channel:
             return Message(Kind(kind), meta, data)
 
     def close(self) -> None:
+        self.closed = True
+        self._arena_free.set()  # a sender waiting for it raises ConnectionError
         self.writer.close()

@@ -58,7 +58,9 @@ FORWARDED_OUT = (b"accept-encoding", b"x-request-id")
 PROGRESS = b"event: progress\n"
 """How a progress event of a stream begins (each is one body message)."""
 DIED = "died"
-REQUEUED = "requeued"
+"""In an exchange's inbox: its worker died while computing it."""
+WAKE = "wake"
+"""In an exchange's inbox: its place changed (handed to a worker, back in the queue, abandoned)."""
 
 
 @functools.cache
@@ -72,17 +74,22 @@ def _context() -> Any:
     return multiprocessing.get_context("spawn")
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)  # (a repr would print the body)
 class Exchange:
     """One forwarded request, from its admission to the end of its response."""
 
     id: int
     meta: dict[str, Any]
-    body: bytes
+    body: list[bytes]
+    """As it arrived, in chunks."""
     deadline: float
     inbox: asyncio.Queue[Message | str] = field(default_factory=asyncio.Queue)
     worker: Worker | None = None
     begun: bool = False
+    finished: bool = False
+    """Its response has been sent whole."""
+    abandoned: bool = False
+    """The front is done with it (answered, or its client went away): never to be (re)sent."""
 
 
 @dataclass(eq=False)
@@ -114,13 +121,15 @@ class Worker:
             self.process.kill()
 
     async def send(self, exchange: Exchange) -> None:
-        with contextlib.suppress(ConnectionError, RuntimeError):  # it died: its reader requeues
+        with contextlib.suppress(OSError):  # (ConnectionError too) it died: its reader requeues the request
             await self.channel.send(Kind.REQUEST, {**exchange.meta, "id": exchange.id}, exchange.body)
 
     def post(self, kind: Kind, meta: dict[str, Any] | None = None) -> None:
-        if self.alive:
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                self.channel.post(kind, meta)
+        if self.alive and not self.channel.closed:
+            self.channel.post(kind, meta)
+
+    def computing(self) -> bool:
+        return any(exchange.begun for exchange in self.exchanges.values())
 
 
 @dataclass
@@ -164,7 +173,7 @@ class WorkerPool:
 
     @property
     def running(self) -> int:
-        return sum(1 for worker in self.live if any(exchange.begun for exchange in worker.exchanges.values()))
+        return sum(1 for worker in self.live if worker.computing())
 
     @property
     def waiting(self) -> int:
@@ -252,7 +261,7 @@ class WorkerPool:
         reader.add_done_callback(self._readers.discard)
         with anyio.move_on_after(START_TIMEOUT_S):
             await worker.ready.wait()
-        if not worker.started or self._stopping:
+        if not (worker.started and worker.alive) or self._stopping:
             worker.kill("start")
             raise RuntimeError(f"compute worker {index} did not start (exit code {process.exitcode})")
         logger.info("compute worker %d started (pid %d)", index, process.pid)
@@ -304,20 +313,22 @@ class WorkerPool:
         worker.alive = False
         worker.ready.set()  # wake a start that waits for it
         self.live.discard(worker)
+        worker.channel.close()
+        requeued = []
         for exchange in worker.exchanges.values():
             if exchange.begun:
                 exchange.inbox.put_nowait(DIED)
-            else:
+            elif not exchange.abandoned:  # it never ran: another worker takes it, first in line
                 exchange.worker = None
-                self.pending.appendleft(exchange)
-                exchange.inbox.put_nowait(REQUEUED)
+                requeued.append(exchange)
+                exchange.inbox.put_nowait(WAKE)
         worker.exchanges.clear()
-        worker.channel.close()
+        self.pending.extendleft(reversed(requeued))
+        self._dispatch()
+        await self._reap(worker)
         for arena in (worker.channel.outgoing, worker.channel.incoming):
             arena.close()
-        await self._reap(worker)
         if self._stopping or not worker.started or self.slots[worker.index] is not worker:
-            self._dispatch()
             return
         reason = worker.killed_for or ("device_error" if worker.process.exitcode == DEVICE_ERROR_EXIT else "crashed")
         self.metrics.worker_restarts.labels(reason).inc()
@@ -330,6 +341,8 @@ class WorkerPool:
         )
         self.slots[worker.index] = None
         for attempt in itertools.count():
+            if self._stopping:
+                return
             try:
                 self.slots[worker.index] = await self._spawn(worker.index)
                 break
@@ -402,6 +415,7 @@ class WorkerPool:
             exchange = self.pending.popleft()
             exchange.worker = worker
             worker.exchanges[exchange.id] = exchange
+            exchange.inbox.put_nowait(WAKE)
             self._background(worker.send(exchange))
 
     async def forward(self, scope: Scope, receive: Receive, send: Send, body: bytes | None) -> None:
@@ -409,10 +423,12 @@ class WorkerPool:
         (504 past the budget), then the worker's response relayed as it comes."""
         self.check_room()
         if body is None:
-            body = await _read_body(receive)
+            chunks = await _body_chunks(receive)
             self.check_room()
+        else:
+            chunks = [body]
         deadline = scope[STARTED_KEY] + self.settings.request_timeout_s
-        exchange = Exchange(next(self._ids), _wire_scope(scope), body, deadline)
+        exchange = Exchange(next(self._ids), _wire_scope(scope), chunks, deadline)
         self.pending.append(exchange)
         self._dispatch()
         try:
@@ -420,25 +436,39 @@ class WorkerPool:
         finally:
             self._forget(exchange)
 
+    async def _pass_disconnect(self, receive: Receive, exchange: Exchange) -> None:
+        """When the client goes away, the front is done with its request (a stream stops)."""
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self._forget(exchange)
+
     def _forget(self, exchange: Exchange) -> None:
-        """The front is done with ``exchange``: out of the queue, or, in a worker that has not
-        answered it all, dropped there (a stream stops; one not begun is skipped)."""
-        with contextlib.suppress(ValueError):
+        """The front is done with ``exchange`` (answered, or its client went away): out of the
+        queue, or, in a worker that has not answered it all, dropped there (a stream stops; one
+        not begun is skipped)."""
+        exchange.abandoned = True
+        if exchange in self.pending:
             self.pending.remove(exchange)
+            exchange.inbox.put_nowait(WAKE)
         worker = exchange.worker
-        if worker is not None and exchange.id in worker.exchanges:
+        if worker is not None and exchange.id in worker.exchanges and not exchange.finished:
             worker.post(Kind.DISCONNECT, {"id": exchange.id})
 
     async def _serve(self, exchange: Exchange, receive: Receive, send: Send) -> None:
         response = _Response()
         failure: ServiceError | None = None
+        bug: Exception | None = None
         async with anyio.create_task_group() as tasks:
-            tasks.start_soon(_pass_disconnect, receive, exchange)
+            tasks.start_soon(self._pass_disconnect, receive, exchange)
             try:
                 await self._relay(exchange, send, response)
             except ServiceError as error:
                 failure = error
+            except Exception as error:  # raised below, not wrapped in the task group's ExceptionGroup
+                bug = error
             tasks.cancel_scope.cancel()
+        if bug is not None:
+            raise bug
         if failure is None or response.finished:
             return
         if not response.started:
@@ -452,27 +482,35 @@ class WorkerPool:
         """The worker's response, sent on as it comes, until the worker says it is done; bounded
         in time as the comments say."""
         grace = self.settings.deadline_grace_s
-        while True:
+        while not exchange.abandoned:
             # Waiting in the front: until the deadline. In a worker: until the deadline plus the
-            # grace, whether computing or next in line (a worker that has not begun it by then is
-            # stuck on something that ignores its deadline, or wedged).
+            # grace, computing or next in line (the worker answers a late one itself).
             limit = exchange.deadline if exchange.worker is None else exchange.deadline + grace
             with anyio.move_on_after(limit - time.monotonic()) as timer:
                 message = await exchange.inbox.get()
             if timer.cancelled_caught:
-                if exchange.worker is None:
+                worker = exchange.worker
+                if worker is None:
                     raise DeadlineExceeded("The request's time budget ran out while it waited for a compute worker.")
-                exchange.worker.kill("deadline")
-                raise DeadlineExceeded(
-                    f"The computation ran past its time budget of {self.settings.request_timeout_s:g} s and was "
-                    f"stopped {grace:g} s later; send less, or ask for less."
-                )
+                if exchange.begun:
+                    worker.kill("deadline")
+                    raise DeadlineExceeded(
+                        f"The computation ran past its time budget of {self.settings.request_timeout_s:g} s and "
+                        f"was stopped {grace:g} s later; send less, or ask for less."
+                    )
+                if not worker.computing():  # idle, yet it did not begin it: stuck outside any request
+                    worker.kill("deadline")
+                    raise DeadlineExceeded(
+                        f"The compute worker holding this request did not begin it within its time budget of "
+                        f"{self.settings.request_timeout_s:g} s and {grace:g} s more, and was stopped."
+                    )
+                raise DeadlineExceeded("The request's time budget ran out while it waited for a compute worker.")
             if message == DIED:
                 raise WorkerCrashed(
                     "The compute worker running this request stopped unexpectedly (a crash, or out of memory); "
                     "it has been replaced. Retrying the same request may fail the same way."
                 )
-            if isinstance(message, str):  # requeued: its worker died before it began
+            if isinstance(message, str):  # WAKE: look at its place again
                 continue
             if message.kind == Kind.START:
                 headers = [
@@ -488,20 +526,13 @@ class WorkerPool:
             elif message.kind == Kind.BODY:
                 more = message.meta["more"]
                 await send({"type": "http.response.body", "body": message.data, "more_body": more})
-                response.finished = not more
+                response.finished = exchange.finished = not more
             elif message.kind == Kind.END:
                 return
 
 
-async def _pass_disconnect(receive: Receive, exchange: Exchange) -> None:
-    """Tell the worker when the client goes away (a stream then stops computing)."""
-    while (await receive())["type"] != "http.disconnect":
-        pass
-    if exchange.worker is not None:
-        exchange.worker.post(Kind.DISCONNECT, {"id": exchange.id})
-
-
-async def _read_body(receive: Receive) -> bytes:
+async def _body_chunks(receive: Receive) -> list[bytes]:
+    """The request's body as it arrives (the arena takes the chunks: no join)."""
     chunks = []
     while True:
         message = await receive()
@@ -509,7 +540,7 @@ async def _read_body(receive: Receive) -> bytes:
             raise ClientDisconnect()
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
-            return b"".join(chunks)
+            return chunks
 
 
 def _wire_scope(scope: Scope) -> dict[str, Any]:

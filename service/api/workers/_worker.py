@@ -43,6 +43,10 @@ def run_worker(sock: socket.socket, settings_json: str) -> None:
         signal.signal(sig, signal.SIG_IGN)
     settings = Settings.model_validate_json(settings_json)
     logging.config.dictConfig(logging_config(settings.log_level, settings.log_format))
+    if settings.device.startswith("cuda:"):  # its own GPU is the current one (health checks look at it)
+        import torch
+
+        torch.cuda.set_device(int(settings.device.removeprefix("cuda:")))
     asyncio.run(_serve(sock, settings))
 
 
@@ -120,7 +124,7 @@ class Line:
         self.waiting: deque[Message] = deque()
         self.arrived = asyncio.Event()
         self.dropped: set[int] = set()
-        self.current: Exchange | None = None
+        self.current: Served | None = None
         self.stopping = False
 
     async def read(self) -> None:
@@ -129,10 +133,11 @@ class Line:
             if message.kind == Kind.REQUEST:
                 self.waiting.append(message)
             elif message.kind == Kind.DISCONNECT:
-                if self.current is not None and self.current.id == message.meta["id"]:
+                gone = message.meta["id"]
+                if self.current is not None and self.current.id == gone:
                     self.current.disconnected.set()
-                else:
-                    self.dropped.add(message.meta["id"])
+                elif any(waiting.meta["id"] == gone for waiting in self.waiting):
+                    self.dropped.add(gone)
             elif message.kind == Kind.STOP:
                 self.stopping = True
             self.arrived.set()
@@ -150,7 +155,7 @@ class Line:
                 self.dropped.discard(request.meta["id"])
                 self.channel.post(Kind.END, ended(request.meta["id"]))
                 continue
-            self.current = Exchange(self.app, self.channel, request)
+            self.current = Served(self.app, self.channel, request)
             await self.current.run()
             self.current = None
             if cuda_broken():  # a device-side assert poisoned the context: only a new process recovers
@@ -159,7 +164,7 @@ class Line:
                 os._exit(DEVICE_ERROR_EXIT)
 
 
-class Exchange:
+class Served:
     """One forwarded request, served by the app with ``receive`` and ``send`` over the channel."""
 
     def __init__(self, app: Any, channel: Channel, request: Message) -> None:
