@@ -112,6 +112,7 @@ _EXACT_STATUSES = {
     "unsupported_media_type": 415,
     "validation_error": 422,
     "internal_error": 500,
+    "worker_crashed": 500,
     "overloaded": 503,
     "out_of_memory": 503,
     "device_out_of_memory": 503,

@@ -46,7 +46,9 @@ def run_worker(sock: socket.socket, settings_json: str) -> None:
     if settings.device.startswith("cuda:"):  # its own GPU is the current one (health checks look at it)
         import torch
 
-        torch.cuda.set_device(int(settings.device.removeprefix("cuda:")))
+        index = int(settings.device.removeprefix("cuda:"))
+        if index < settings.cuda_devices():  # (one configured but absent is reported by /v1/info)
+            torch.cuda.set_device(index)
     asyncio.run(_serve(sock, settings))
 
 
