@@ -210,7 +210,8 @@ class WorkerPool:
             worker.post(Kind.STOP)
         await asyncio.gather(*(self._reap(worker) for worker in workers))
         with anyio.move_on_after(STOP_TIMEOUT_S):  # each reader ends at its worker's end of file
-            await asyncio.gather(*self._readers, return_exceptions=True)
+            while self._readers:  # (a restart under way when the stop came adds one, which ends at once)
+                await asyncio.gather(*self._readers, return_exceptions=True)
 
     def worker_settings(self, index: int) -> Settings:
         """What a worker runs: the same settings, computing in its own threads, its device its
