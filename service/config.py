@@ -62,6 +62,11 @@ class Settings(BaseSettings):
         "per GPU, else one per 4 cores; 0 = compute in the server process's own threads.",
     )
     deadline_grace_s: float = Field(
+    step_machine: bool = Field(
+        True,
+        description="Evaluate the objectives of small optimisation runs in one C call per step (the step machine; "
+        "built with the C compiler on first use, or ahead of time); off: one torch call per operation.",
+    )
         5.0,
         ge=0,
         description="A computation still running this long past its time budget has its worker process ended (504).",

@@ -41,6 +41,7 @@ from tests.helpers import examples
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="no C++ compiler")
 
 HIMMELBLAU = Objective(OBJECTIVES.get("himmelblau").fn, batched=True)
+
 VARIANTS = [
     ("adam", {"lr": 0.01}),
     ("adamw", {"lr": 0.01, "weight_decay": 0.05, "amsgrad": True}),
@@ -57,7 +58,7 @@ def compiled() -> dict[str, ChunkCompiler]:
         spec = OPTIMIZERS.get(name)
         compiler = ChunkCompiler(min_steps=1)
         schedule = Schedule(CHUNK * 8, 10_000)  # long enough for a stretch of whole chunks
-        optimize(HIMMELBLAU, STARTS, [(spec, service_settings(name, options))], schedule, compiler)
+        optimize(HIMMELBLAU, STARTS, [(spec, service_settings(name, options))], schedule, compiler, step_machine=False)
         compiler.wait()
         assert compiler.compiled() == 1
         compilers[name] = compiler
@@ -85,7 +86,9 @@ def kernel_used(compiler: ChunkCompiler) -> Iterator[None]:
 
 def run(name: str, request: dict[str, Any], schedule: Schedule, compiler: ChunkCompiler | None) -> Outcome:
     spec = OPTIMIZERS.get(name)
-    return optimize(HIMMELBLAU, STARTS, [(spec, service_settings(name, request))], schedule, compiler)
+    return optimize(
+        HIMMELBLAU, STARTS, [(spec, service_settings(name, request))], schedule, compiler, step_machine=False
+    )
 
 
 @pytest.mark.parametrize(("name", "options"), VARIANTS, ids=[name for name, _ in VARIANTS])

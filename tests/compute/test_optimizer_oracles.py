@@ -196,7 +196,8 @@ def _untraceable(x: torch.Tensor) -> torch.Tensor:
 
 
 OBJECTIVE_PATHS = {
-    "traced": Objective(HIMMELBLAU, batched=True),
+    "traced": Objective(HIMMELBLAU, batched=True),  # evaluated by the step machine (small runs)
+    "traced-torch": Objective(HIMMELBLAU, batched=True),  # the same graph replayed by torch calls
     "vmapped": Objective(HIMMELBLAU, batched=False),  # [d] -> scalar, traced under vmap
     "autograd": Objective(_untraceable, batched=True),
 }
@@ -213,7 +214,10 @@ def check(
     """The service's runs of ``request`` from ``starts`` equal torch's loops (see the module's doc)."""
     objective = OBJECTIVE_PATHS[path]
     settings = service_settings(name, request)
-    outcome = optimize(objective, starts, [(OPTIMIZERS.get(name), settings)], Schedule(steps, record_every))
+    optimizers = [(OPTIMIZERS.get(name), settings)]
+    outcome = optimize(
+        objective, starts, optimizers, Schedule(steps, record_every), step_machine=path != "traced-torch"
+    )
     runs = outcome.runs()
     assert [run.start for run in runs] == list(range(len(starts)))
     if name in FUSED and path != "autograd":
@@ -343,7 +347,7 @@ def test_runs_equal_torchs_loops(name: str, data: st.DataObject, starts: torch.T
     check(name, request, starts, steps, record_every)
 
 
-@pytest.mark.parametrize("path", ["vmapped", "autograd"])
+@pytest.mark.parametrize("path", ["traced-torch", "vmapped", "autograd"])
 @pytest.mark.parametrize("name", [name for name in TORCH_CLASSES if name != "lbfgs"])  # lbfgs: one path
 @settings(max_examples=examples(3))
 @given(data=st.data(), starts=STARTS)

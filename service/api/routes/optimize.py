@@ -103,7 +103,8 @@ async def optimize(request: Request) -> Response:
             trajectories=trajectories,
         )
         budget_s = None if stream else settings.request_timeout_s
-        outcome = tasks.run(resolved, starts, optimizers, schedule, request.app.chunk_compiler, budget_s=budget_s)
+        compiler, machine = request.app.chunk_compiler, settings.step_machine
+        outcome = tasks.run(resolved, starts, optimizers, schedule, compiler, budget_s=budget_s, step_machine=machine)
         if not trajectories:
             summary = tasks.summarize(outcome, optimizers, resolved.entry, body.reach_tolerance)
             return {"summary": _summary(summary, ctx)}

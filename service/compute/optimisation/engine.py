@@ -35,7 +35,14 @@ from service.compute.optimisation.runs import (
     RunGroup,
     Schedule,
 )
-from service.compute.optimisation.steppers import AutogradStepper, OutOfTime, Stepper, TracedStepper, trace_objective
+from service.compute.optimisation.steppers import (
+    AutogradStepper,
+    MachineStepper,
+    OutOfTime,
+    Stepper,
+    TracedStepper,
+    trace_objective,
+)
 from service.compute.optimisation.traced import TracedValueAndGrad, finite_probe
 
 
@@ -45,9 +52,12 @@ def optimize(
     optimizers: Sequence[tuple[OptimizerSpec, Mapping[str, Any]]],
     schedule: Schedule,
     compiler: ChunkCompiler | None = None,
+    step_machine: bool = True,
 ) -> Outcome:
     """One run per start and optimizer; ``starts`` is [N, *shape], one start per row, each of
-    the variable's shape. ``compiler`` compiles long Adam runs' steps (see ``compiled``)."""
+    the variable's shape. ``step_machine``: small groups of runs are evaluated by the step
+    machine where it can (see ``machine``); ``compiler`` compiles the other long Adam runs'
+    steps (see ``compiled``)."""
     shape = tuple(starts.shape[1:])
     # The runs hold their points flattened, [N, D]: the objective gets them back in their shape.
     # Every optimizer here updates a tensor as it would its flattened view (elementwise ones
@@ -59,7 +69,8 @@ def optimize(
         if spec.elementwise and traced is not False:
             traced = traced or trace_objective(objective, starts)
             if traced:
-                stepper = TracedStepper(traced, starts, spec, hyper, compiler, schedule.steps)
+                on_machine = MachineStepper.of(traced, starts, spec, hyper) if step_machine else None
+                stepper = on_machine or TracedStepper(traced, starts, spec, hyper, compiler, schedule.steps)
                 groups.append(_run_group(stepper, starts, shape, index, schedule))
                 continue
         if objective.batched and spec.elementwise:

@@ -24,6 +24,9 @@ class OptimizerSpec:
     fused: Callable[[torch.Tensor, Mapping[str, Any]], Update] | None = None
     """The update as one fused torch kernel, the one ``cls(..., fused=True)`` runs, without the
     Optimizer's per-step bookkeeping."""
+    lean: Callable[[torch.Tensor, Mapping[str, Any]], Update] | None = None
+    """The update as the same torch calls that ``cls``'s step makes on a CPU (the same numbers),
+    without the Optimizer's per-step bookkeeping."""
     rules: tuple[Rule, ...] = ()
 
     def defaults(self) -> dict[str, Any]:
@@ -42,6 +45,8 @@ class OptimizerSpec:
         """Steps that take the gradient as an argument: the fused kernel where there is one."""
         if self.fused is not None:
             return self.fused(parameter, hyper)
+        if self.lean is not None:
+            return self.lean(parameter, hyper)
         return OptimizerUpdate(self.build(parameter, hyper), parameter)
 
 
@@ -133,6 +138,38 @@ class FusedAdam:
             tensor.copy_(value)
 
 
+class SGDStep:
+    """torch.optim.SGD's step as its single-tensor implementation (the one it runs on a CPU)
+    takes it, call for call: weight decay, the momentum buffer (the first gradient, then
+    decayed), Nesterov's look-ahead, and the parameter update."""
+
+    capturable = False  # the first step differs from the others on the host
+
+    def __init__(self, parameter: torch.Tensor, hyper: Mapping[str, Any]) -> None:
+        self.parameter = parameter
+        self.lr, self.momentum = float(hyper["lr"]), float(hyper["momentum"])
+        self.dampening, self.weight_decay = float(hyper["dampening"]), float(hyper["weight_decay"])
+        self.nesterov = bool(hyper["nesterov"])
+        self.buffer: torch.Tensor | None = None
+
+    def __call__(self, grad: torch.Tensor) -> None:
+        if self.weight_decay != 0:
+            grad = grad.add(self.parameter, alpha=self.weight_decay)
+        if self.momentum != 0:
+            if self.buffer is None:
+                self.buffer = grad.detach().clone()
+            else:
+                self.buffer.mul_(self.momentum).add_(grad, alpha=1 - self.dampening)
+            grad = grad.add(self.buffer, alpha=self.momentum) if self.nesterov else self.buffer
+        self.parameter.add_(grad, alpha=-self.lr)
+
+    def save(self) -> torch.Tensor | None:
+        return None if self.buffer is None else self.buffer.clone()
+
+    def load(self, saved: torch.Tensor | None) -> None:
+        self.buffer = None if saved is None else saved.clone()
+
+
 def lr(default: float) -> Param:
     return Param("lr", default, "Learning rate.", gt=0.0)
 
@@ -167,6 +204,7 @@ _register(
             lambda p: not (p["nesterov"] and (p["momentum"] <= 0 or p["dampening"] != 0)),
         ),
     ),
+    lean=SGDStep,
 )
 _register(
     "adam",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -166,6 +166,9 @@ class Objective:
 
     fn: Callable[[torch.Tensor], torch.Tensor]
     batched: bool
+    key: Hashable | None = None
+    """Names the function (a catalog entry, or a formula with its constants): objectives with
+    the same key share their traced graphs across requests. None: never shared."""
 
     def over_rows(self, shape: tuple[int, ...]) -> Objective:
         """The same objective of flattened points (rows [..., D], reshaped to [..., *shape]
@@ -183,7 +186,7 @@ class Objective:
             def rows(x: torch.Tensor) -> torch.Tensor:
                 return fn(x.reshape(shape))
 
-        return Objective(rows, self.batched)
+        return Objective(rows, self.batched, None if self.key is None else (self.key, shape))
 
 
 Progress = Callable[[int, RunGroup], None]

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any, Literal, Protocol
 
 import torch
 
+from service.compute.optimisation import machine
 from service.compute.optimisation.compiled import CHUNK, ChunkCompiler, CompiledChunk
-from service.compute.optimisation.optimizers import FusedAdam, OptimizerSpec
+from service.compute.optimisation.optimizers import FusedAdam, OptimizerSpec, Update
 from service.compute.optimisation.runs import Objective, Schedule
 from service.compute.optimisation.traced import TracedValueAndGrad, finite_probe, trace_value_and_grad
 from service.errors import InvalidInput, LimitExceeded
@@ -25,16 +28,36 @@ class OutOfTime(Exception):
     """Raised inside an lbfgs step whose deadline passed, to abandon the step."""
 
 
+_TRACED: OrderedDict[Hashable, TracedValueAndGrad | Literal[False]] = OrderedDict()
+_TRACED_LOCK = threading.Lock()
+TRACED_KEPT = 256
+"""Traced graphs kept across requests (the most recently used)."""
+
+
 def trace_objective(objective: Objective, starts: torch.Tensor) -> TracedValueAndGrad | Literal[False]:
     """The objective's traced value and gradient over rows of ``starts``, or False where it
-    cannot be traced (plain autograd then evaluates it). Errors in the objective propagate."""
+    cannot be traced (plain autograd then evaluates it). Errors in the objective propagate.
+    An objective with a key is traced once per shape, dtype and device, and kept."""
+    key = None
+    if objective.key is not None:
+        key = (objective.key, tuple(starts.shape), starts.dtype, starts.device, objective.batched)
+        with _TRACED_LOCK:
+            if key in _TRACED:
+                _TRACED.move_to_end(key)
+                return _TRACED[key]
     try:
-        return trace_value_and_grad(objective.fn, starts, objective.batched)
+        traced: TracedValueAndGrad | Literal[False] = trace_value_and_grad(objective.fn, starts, objective.batched)
     except (InvalidInput, LimitExceeded):
         raise
     except Exception:  # anything tracing cannot follow: autograd still can
         logger.debug("objective not traceable; using autograd", exc_info=True)
-        return False
+        traced = False
+    if key is not None:
+        with _TRACED_LOCK:
+            _TRACED[key] = traced
+            while len(_TRACED) > TRACED_KEPT:
+                _TRACED.popitem(last=False)
+    return traced
 
 
 class Stepper(Protocol):
@@ -174,6 +197,62 @@ class _Captured:
         assert self.graph is not None and self.outputs is not None
         self.graph.replay()
         return self.outputs
+
+
+class MachineStepper:
+    """Every start at once, the traced graph evaluated by the step machine (see ``machine``) in
+    one C call, and the optimizer's update handed the gradients: for small groups of runs whose
+    graph the machine's tape can express."""
+
+    abandons_steps = False
+
+    def __init__(self, engine: machine.Machine, update: Update) -> None:
+        self.machine, self.update = engine, update
+        self.rows = engine.rows
+
+    @classmethod
+    def of(
+        cls, traced: TracedValueAndGrad, starts: torch.Tensor, spec: OptimizerSpec, hyper: Mapping[str, Any]
+    ) -> MachineStepper | None:
+        """The machine's stepper for these runs, or None where the machine cannot run them."""
+        if starts.numel() > machine.MAX_ROWS_ELEMENTS or starts.device.type != "cpu" or starts.dim() != 2:
+            return None
+        lib = machine.library()
+        program = traced.machine_program(starts) if lib is not None else None
+        if lib is None or program is None:
+            return None
+        rows = starts.detach().clone().contiguous()
+        return cls(machine.Machine(lib, program, rows), spec.update(rows, hyper))
+
+    def evaluate(self) -> tuple[torch.Tensor, torch.Tensor]:
+        self.machine.evaluate()
+        return self.machine.values, self.machine.grads
+
+    def advance(self) -> None:
+        self.update(self.machine.grads)
+
+    def skip(self, count: int, active: torch.Tensor, tolerance: float | None) -> bool:
+        """Take ``count`` steps without looking at each: True if none of them would have stopped
+        an active run; else False, with the parameters and the optimizer state put back."""
+        rows, update, engine = self.rows, self.update, self.machine
+        saved_rows, saved_state = rows.clone(), update.save()
+        partial = not bool(active.all())
+        watched = active.to(torch.uint8) if partial else None
+        engine.watch(watched, tolerance)
+        evaluate, grads, seen = engine.evaluate, engine.grads, 0
+        try:
+            for _ in range(count):
+                seen |= evaluate()
+                update(grads)
+                if partial:
+                    torch.where(active.unsqueeze(-1), rows, saved_rows, out=rows)
+        finally:
+            engine.watch(None, None)
+        if not seen:
+            return True
+        rows.copy_(saved_rows)
+        update.load(saved_state)
+        return False
 
 
 class AutogradStepper:

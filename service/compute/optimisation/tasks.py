@@ -11,6 +11,7 @@ one takes a point [d] alone, and one of any dimension takes any shape as its fla
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -73,6 +74,7 @@ def resolve_objective(
     program = compile_program(chosen.expression, names, dtype, device, limits, budget)
     constants = {name: chosen.decode(value, f"objective.inputs.{name}") for name, value in chosen.inputs.items()}
     variable = chosen.variable
+    key = ("formula", chosen.expression, variable, *(_fingerprint(name, value) for name, value in constants.items()))
 
     def fn(x: torch.Tensor) -> torch.Tensor:
         value = program({**constants, variable: x})
@@ -82,7 +84,13 @@ def resolve_objective(
             )
         return value.reshape(())
 
-    return Resolved(Objective(fn, batched=False), None)
+    return Resolved(Objective(fn, batched=False, key=key), None)
+
+
+def _fingerprint(name: str, value: torch.Tensor) -> tuple[str, str, tuple[int, ...], str]:
+    """A formula's constant input as part of its key: its name, dtype, shape and contents."""
+    digest = hashlib.sha256(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return name, str(value.dtype), tuple(value.shape), digest.hexdigest()
 
 
 def _catalog_objective(entry: ObjectiveSpec, shape: tuple[int, ...]) -> Objective:
@@ -98,13 +106,13 @@ def _catalog_objective(entry: ObjectiveSpec, shape: tuple[int, ...]) -> Objectiv
             )
         raise InvalidInput(message, error_type="shape_mismatch")
     if len(shape) == 1:
-        return Objective(entry.fn, batched=True)
+        return Objective(entry.fn, batched=True, key=("catalog", entry.name))
     fn, dims = entry.fn, len(shape)
 
     def flattened(x: torch.Tensor) -> torch.Tensor:
         return fn(x.flatten(start_dim=x.dim() - dims))
 
-    return Objective(flattened, batched=True)
+    return Objective(flattened, batched=True, key=("catalog", entry.name, shape))
 
 
 def starts_of(x0: Any, starts: Any, decode: Decode) -> torch.Tensor:
@@ -167,12 +175,13 @@ def run(
     compiler: ChunkCompiler | None = None,
     *,
     budget_s: float | None = None,
+    step_machine: bool = True,
 ) -> Outcome:
     """Every run; torch's refusals are the caller's 400 (see ``torch_errors``). With
     ``budget_s`` (the request's time budget), runs that the deadline cut short are a 504
     instead of a partial result (a stream reports them, with what they reached)."""
     with torch_errors("the optimisation"):
-        outcome = engine.optimize(resolved.objective, starts, optimizers, schedule, compiler)
+        outcome = engine.optimize(resolved.objective, starts, optimizers, schedule, compiler, step_machine)
     if budget_s is not None and any("deadline" in group.reasons() for group in outcome.groups):
         done = sum(int(group.steps.sum()) for group in outcome.groups)
         raise DeadlineExceeded(

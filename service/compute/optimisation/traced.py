@@ -104,6 +104,17 @@ class TracedValueAndGrad:
     def __init__(self, graph_module: torch.fx.GraphModule) -> None:
         self.graph_module = graph_module
         self.forward = graph_module.forward
+        self._programs: dict[tuple[tuple[int, ...], torch.dtype], Any] = {}
+
+    def machine_program(self, rows: torch.Tensor) -> Any:
+        """The graph as the step machine's tape for ``rows`` (made once), or None where the
+        machine cannot run it (see ``machine``)."""
+        from service.compute.optimisation import machine
+
+        key = (tuple(rows.shape), rows.dtype)
+        if key not in self._programs:
+            self._programs[key] = machine.program(self.graph_module, rows)
+        return self._programs[key]
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         values, grad = self.forward(x)
