@@ -58,6 +58,7 @@ RUN python -m venv /opt/venv \
 #    installs nothing.
 COPY --from=source /src /src
 RUN pip install ${PIP_EXTRA_ARGS} --no-deps /src \
+    && python -m service.compute.optimisation.machine \
     && pip check \
     && gradient-service --help > /dev/null \
     && pip uninstall -y pip setuptools wheel

@@ -728,8 +728,8 @@ class Machine:
 
 def main() -> None:
     """Build the machine beside this file (ahead of time: scripts/setup, the container image)."""
-    path = build(HERE)
-    print(f"built {path}")
+    path = HERE / library_name()
+    print(f"{path} is built" if path.exists() else f"built {build(HERE)}")
 
 
 if __name__ == "__main__":
