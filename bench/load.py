@@ -3,7 +3,8 @@
 Run: .venv/bin/python -m bench.load [--duration S] [--processes P] [--concurrency N] [--queue Q]
 Starts the service under uvicorn (one server process with GRADIENT_COMPUTE_PROCESSES=P compute
 workers, or with P=0 computing in N threads of its own; GRADIENT_MAX_QUEUE=Q) and loads it with a
-request that goes through the compute pool (a 200-step Adam run on the sphere). Capacity is P (or
+request that goes through the compute pool (a 5,000-step Adam run on the sphere: about 20 ms of
+computing on the step machine, as a 200-step run took before it). Capacity is P (or
 N) + Q requests at once (running or waiting); wrk keeps that many connections busy, then ten times
 as many, and retries every 503 at once (it ignores Retry-After). Past capacity the service must
 answer 503 at once, never drop a connection, and still finish work: the goodput (runs answered 200
@@ -30,7 +31,7 @@ from bench.wrk import WrkResult, run_wrk
 ALLOWED = {200, 429, 503}
 GOODPUT_MIN = 0.5
 """Runs completed at 10x over runs completed at 1x, in the same time: at least this."""
-BODY = {"objective": "sphere", "x0": [1.0, -2.0, 0.5], "steps": 200, "record_every": 200}
+BODY = {"objective": "sphere", "x0": [1.0, -2.0, 0.5], "steps": 5_000, "record_every": 5_000}
 
 
 def probe_latencies(base: str, stop: threading.Event, out: dict[str, list[float]]) -> None:

@@ -1,14 +1,16 @@
-"""Adam steps compiled with TorchInductor, ``CHUNK`` steps per call, for long runs on a CPU.
+"""Adam steps compiled with TorchInductor, ``CHUNK`` steps per call, for long runs on a CPU that
+the step machine (see ``machine``) does not take: many starts, or graphs its tape cannot express.
 
 A traced objective (see ``traced``) and Adam's update, unrolled ``CHUNK`` times, are traced
-again into one graph and compiled by TorchInductor into a single C++ kernel: a step then costs
-a few microseconds instead of dozens of torch calls. Compiling takes seconds to tens of
-seconds, so it runs in a background thread, once per objective graph, shape and Adam variant,
-started when the run that asked for it has finished (compiling holds Python's lock for long
-stretches, and would slow that run several times over). Requests go on with the eager steps
-meanwhile, and use the kernel once it is ready. Inductor's
-on-disk cache makes a restarted server's compile shorter. Hyper-parameters are inputs of the
-kernel, so one compile serves every learning rate.
+again into one graph, exported, and compiled ahead of time by AOTInductor into a package (a
+shared library with its weights): a step then costs a few microseconds instead of dozens of
+torch calls. Compiling takes tens of seconds of CPU, so it runs in a child process in Linux's
+idle scheduling class (at niceness 19 elsewhere), started when the run that asked for it has
+finished; the requests of the process that asked go on with the eager steps meanwhile (the
+child holds neither their interpreter lock nor their CPU), and use the kernel once it is loaded.
+Packages are kept on disk by case (objective graph, shape, dtype, Adam variant), so a case
+compiled once loads in a fraction of a second after a restart. Hyper-parameters are inputs of
+the kernel, so one compile serves every learning rate.
 
 The kernel's arithmetic is Adam's, as torch's fused kernel computes it, up to rounding order:
 in float64 its runs stay within 1e-7 of torch.optim's (tested). Where no C++ compiler is found
@@ -18,21 +20,32 @@ eager; a compile that fails is logged, and the eager steps go on.
 
 from __future__ import annotations
 
+import copy
+import ctypes
 import hashlib
+import importlib
 import logging
 import os
+import pickle
 import shutil
+import signal
+import subprocess
+import sys
+import tempfile
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
+from service.compute.optimisation.machine import cache_folder
 from service.compute.optimisation.optimizers import FusedAdam
 from service.compute.optimisation.traced import TRACING, TracedValueAndGrad, finite_probe
 
@@ -150,23 +163,102 @@ def cxx_available() -> bool:
     return any(shutil.which(name) for name in names)
 
 
-def compile_chunk(traced: TracedValueAndGrad, rows: torch.Tensor, update: FusedAdam) -> CompiledChunk:
-    """Trace and compile ``CHUNK`` steps now (seconds to tens of seconds)."""
-    import torch._inductor.config  # heavy: loaded on the first compile only
-    from torch._inductor.compile_fx import compile_fx
+def _inputs(shape: tuple[int, ...], dtype: torch.dtype, amsgrad: bool) -> list[torch.Tensor]:
+    """Example inputs of the kernel: the rows, Adam's state (step count last) and the hyper-parameters."""
+    rows = torch.zeros(shape, dtype=dtype)
+    state = [torch.zeros_like(rows) for _ in range(3 if amsgrad else 2)] + [torch.zeros((), dtype=torch.float32)]
+    return [rows, *state, *(torch.zeros((), dtype=dtype) for _ in range(5))]
 
-    torch._inductor.config.compile_threads = 1  # in this thread: no pool of compiler processes
 
-    key = _key(traced, rows, update)
-    state = update.state()
-    inputs = [rows.detach(), *[tensor.clone() for tensor in state], *_hyper(update, rows)]
-    function = _unrolled(traced, key.decoupled, key.amsgrad)
+def package_path(key: _Key) -> Path:
+    """Where the package of a case is kept (the same case compiles once per machine)."""
+    digest = hashlib.sha256(repr((key.graph, key.shape, key.dtype, key.decoupled, key.amsgrad)).encode())
+    return cache_folder() / "chunks" / f"{digest.hexdigest()[:32]}-torch{torch.__version__}.pt2"
+
+
+def build_package(graph_module: torch.fx.GraphModule, key: _Key, path: Path) -> Path:
+    """Trace ``CHUNK`` steps of the case, export them and compile the package at ``path`` (tens
+    of seconds; run in a child process by ``ChunkCompiler``, which moves the package in place)."""
+    import torch._inductor.config  # heavy: loaded by the compiling process only
+
+    torch._inductor.config.compile_threads = 1
+    inputs = _inputs(key.shape, key.dtype, key.amsgrad)
+    function = _unrolled(TracedValueAndGrad(graph_module), key.decoupled, key.amsgrad)
     with TRACING, torch.no_grad():
         graph = make_fx(function, tracing_mode="fake", _allow_non_fake_inputs=True)(*inputs)
-    with torch.no_grad():
-        kernel = compile_fx(graph, inputs)
-    assert callable(kernel)
+        exported = torch.export.export(graph, tuple(inputs))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch's own, about its tree specs
+        torch._inductor.aoti_compile_and_package(exported, package_path=str(path))
+    return path
+
+
+def load_chunk(path: Path) -> CompiledChunk:
+    """A compiled package, ready to run."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        kernel = torch._inductor.aoti_load_package(str(path))
     return CompiledChunk(kernel)
+
+
+def compile_chunk(traced: TracedValueAndGrad, rows: torch.Tensor, update: FusedAdam) -> CompiledChunk:
+    """Compile (or load, if compiled before) ``CHUNK`` steps now, in this process."""
+    key = _key(traced, rows, update)
+    path = package_path(key)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
+            os.replace(build_package(traced.graph_module, key, Path(scratch) / "package.pt2"), path)
+    return load_chunk(path)
+
+
+def _picklable(graph_module: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """A copy of the graph without its type annotations (names that a pickled graph cannot import)."""
+    graph = copy.deepcopy(graph_module.graph)
+    for node in graph.nodes:
+        node.type = None
+    return torch.fx.GraphModule(graph_module, graph)
+
+
+def _build_in_child(graph_module: torch.fx.GraphModule, key: _Key, path: Path, started: Callable[[Any], None]) -> None:
+    """``build_package`` in a new interpreter at the lowest priority (``main`` below): the job
+    crosses as a file this process writes into its own cache folder. ``started`` is told the
+    child's ``Popen`` (to end it at shutdown)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
+        job = Path(scratch) / "job.pickle"
+        job.write_bytes(pickle.dumps((_picklable(graph_module), key, Path(scratch) / "package.pt2")))
+        command = [sys.executable, "-m", "service.compute.optimisation.compiled", str(job)]
+        with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as child:
+            started(child)
+            try:
+                _, errors = child.communicate(timeout=_CHILD_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.communicate()
+                raise
+        if child.returncode != 0:
+            raise RuntimeError(f"the compiling process exited with {child.returncode}: {errors.decode()[-2000:]}")
+        os.replace(Path(scratch) / "package.pt2", path)  # whole or not at all: a partial one is never loaded
+
+
+_CHILD_TIMEOUT_S = 900
+
+
+def main() -> None:
+    """The compiling child: the lowest priority, one thread, an end with its parent; then the job."""
+    os.nice(19)
+    if sys.platform == "linux":
+        # Idle scheduling (its C++ compiler inherits it): CPU only when nothing else wants it.
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    torch.set_num_threads(1)
+    # Unpickling a graph re-traces it, which needs this module of torch's loaded (as the
+    # compiler loads it, but only later).
+    importlib.import_module("torch._higher_order_ops.triton_kernel_wrap")
+    graph_module, key, path = pickle.loads(Path(sys.argv[1]).read_bytes())
+    build_package(graph_module, key, path)
 
 
 class ChunkCompiler:
@@ -179,6 +271,8 @@ class ChunkCompiler:
         self._wanted: dict[_Key, tuple[TracedValueAndGrad, torch.Tensor, FusedAdam]] = {}
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compile")
+        self._child: subprocess.Popen[bytes] | None = None
+        """The compiling process under way, if any."""
 
     def chunk(
         self, traced: TracedValueAndGrad, rows: torch.Tensor, update: FusedAdam, planned_steps: int
@@ -214,7 +308,11 @@ class ChunkCompiler:
     def _compile(self, traced: TracedValueAndGrad, rows: torch.Tensor, update: FusedAdam) -> CompiledChunk:
         started = time.monotonic()
         try:
-            chunk = compile_chunk(traced, rows, update)
+            key = _key(traced, rows, update)
+            path = package_path(key)
+            if not path.exists():
+                _build_in_child(traced.graph_module, key, path, self._started)
+            chunk = load_chunk(path)
         except Exception:
             logger.warning("compiling optimiser steps failed; eager steps go on", exc_info=True)
             self._tell("failed", time.monotonic() - started)
@@ -222,13 +320,18 @@ class ChunkCompiler:
         self._tell("compiled", time.monotonic() - started)
         return chunk
 
+    def _started(self, child: subprocess.Popen[bytes]) -> None:
+        self._child = child
+
     def _tell(self, outcome: str, seconds: float) -> None:
         if self.on_outcome is not None:
             self.on_outcome(outcome, seconds)
 
     def shutdown(self) -> None:
-        """Drop the compiles not started yet; one under way finishes in the background."""
+        """Drop the compiles not started yet, and end the compiling process."""
         self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._child is not None and self._child.poll() is None:
+            self._child.kill()  # a compile under way is abandoned: its partial file is never loaded
 
     def compiled(self) -> int:
         """How many cases have a kernel ready."""
@@ -242,3 +345,7 @@ class ChunkCompiler:
             futures = list(self._chunks.values())
         for future in futures:
             future.exception()
+
+
+if __name__ == "__main__":
+    main()

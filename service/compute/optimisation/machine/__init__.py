@@ -180,7 +180,7 @@ def library() -> ctypes.CDLL | None:
 
 
 def _load() -> ctypes.CDLL | None:
-    for folder in (HERE, cache_folder(), Path(tempfile.gettempdir()) / "gradient-service"):
+    for folder in (HERE, cache_folder()):  # never a folder others may write to: the library is loaded as code
         path = folder / library_name()
         if not path.exists():
             if compiler() is None:
