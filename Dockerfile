@@ -45,12 +45,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore \
     VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH
 # 1. The venv; torch alone from the chosen index (so pip never pulls PyPI's CUDA build by accident); then the
-#    runtime dependencies of pyproject.toml (not the test extra), which find torch>=2.4 satisfied.
+#    runtime dependencies of pyproject.toml and its postgres extra (not the test extra), which find torch>=2.4
+#    satisfied.
 COPY pyproject.toml /tmp/pyproject.toml
 # hadolint ignore=DL3013
 RUN python -m venv /opt/venv \
     && pip install ${PIP_EXTRA_ARGS} ${TORCH_INDEX_URL:+--index-url "${TORCH_INDEX_URL}"} "${TORCH_SPEC}" \
-    && python -c "import tomllib; print(*tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']['dependencies'], sep=chr(10))" \
+    && python -c "import tomllib; p = tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']; print(*p['dependencies'], *p['optional-dependencies']['postgres'], sep=chr(10))" \
         > /tmp/requirements.txt \
     && pip install ${PIP_EXTRA_ARGS} -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt /tmp/pyproject.toml
@@ -67,9 +68,11 @@ RUN pip install ${PIP_EXTRA_ARGS} --no-deps /src \
 FROM ${BASE_IMAGE} AS runtime
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH \
-    GRADIENT_HOST=0.0.0.0 GRADIENT_PORT=8000
+    GRADIENT_HOST=0.0.0.0 GRADIENT_PORT=8000 GRADIENT_DATA_DIR=/data
+# /data: the saved formulas' SQLite database (mount a volume there; a new named volume takes this owner).
 RUN groupadd --system --gid 10001 app \
-    && useradd --system --uid 10001 --gid app --create-home --home-dir /home/app --shell /usr/sbin/nologin app
+    && useradd --system --uid 10001 --gid app --create-home --home-dir /home/app --shell /usr/sbin/nologin app \
+    && install --directory --owner 10001 --group 10001 /data
 WORKDIR /home/app
 # Documentation only: with -e GRADIENT_PORT=9000 the server and the health check both move to 9000.
 EXPOSE 8000

@@ -6,6 +6,7 @@ import argparse
 import math
 import os
 import signal
+import sys
 from collections.abc import Sequence
 from types import FrameType
 
@@ -34,6 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    args_given = sys.argv[1:] if argv is None else list(argv)
+    if args_given[:1] == ["migrate"]:  # gradient-service migrate [--url URL]: the database's schema
+        from service.store.__main__ import main as store_main
+
+        store_main(["upgrade", *args_given[1:]])
+        return
     parser = build_parser()
     args = parser.parse_args(argv)
     # Options become environment variables so that every worker process sees the same settings.

@@ -43,9 +43,29 @@ class Settings(BaseSettings):
     max_steps: int = Field(10_000_000, ge=1, description="Cap on optimisation steps x runs (413).")
     max_trajectory_points: int = Field(100_000, ge=1, description="Trajectory points in one response (413).")
     max_grid_points: int = Field(1_000_000, ge=1, description="Grid points of one landscape (413).")
+    data_dir: str = Field(
+        "data",
+        description="Directory of the service's own files: the SQLite database of saved formulas when "
+        "database_url is empty (relative paths from the working directory).",
+    )
+    database_url: str = Field(
+        "",
+        description="SQLAlchemy URL of the saved formulas' database (postgresql://user:pass@host/db for several "
+        "replicas); empty = SQLite at {data_dir}/gradient.db.",
+    )
+    max_formulas: int = Field(10_000, ge=1, description="Most saved formulas (413 for one more).")
+    formula_max_inputs: int = Field(64, ge=1, le=1024, description="Most declared inputs of one saved formula (413).")
+    formula_description_max_length: int = Field(
+        2_000, ge=0, description="Longest description of a saved formula, in characters (413)."
+    )
     compile: bool = Field(
         True,
         description="Compile long Adam runs on a CPU with TorchInductor, in the background (needs a C++ compiler).",
+    )
+    step_machine: bool = Field(
+        True,
+        description="Evaluate the objectives of small optimisation runs in one C call per step (the step machine; "
+        "built with the C compiler on first use, or ahead of time); off: one torch call per operation.",
     )
     compile_min_steps: int = Field(
         10_000, ge=1, description="Steps a run plans before its case is compiled (a compile takes 5-30 s)."
@@ -62,11 +82,6 @@ class Settings(BaseSettings):
         "per GPU, else one per 4 cores; 0 = compute in the server process's own threads.",
     )
     deadline_grace_s: float = Field(
-    step_machine: bool = Field(
-        True,
-        description="Evaluate the objectives of small optimisation runs in one C call per step (the step machine; "
-        "built with the C compiler on first use, or ahead of time); off: one torch call per operation.",
-    )
         5.0,
         ge=0,
         description="A computation still running this long past its time budget has its worker process ended (504).",
@@ -87,7 +102,9 @@ class Settings(BaseSettings):
         description="A worker process is replaced once its resident memory passes this many MiB; 0 = never.",
     )
     max_queue: int = Field(64, ge=0, description="Computations allowed to wait for a slot; beyond, 503.")
-    api_keys: str = Field("", description="Comma-separated API keys; when set, /v1/* needs a Bearer key.")
+    api_keys: str = Field(
+        "", description="Comma-separated API keys; when set, /v1/*, /v2/* and /tesseract/* need a Bearer key."
+    )
     cors_origins: str = Field("", description="Comma-separated allowed origins for browsers.")
     opentelemetry: bool = Field(
         False,

@@ -4,10 +4,12 @@ ServiceError
 ├── InvalidInput          400  the input is well-formed JSON but makes no sense (ragged, wrong dtype, ...)
 │   └── DeviceUnavailable 400  cuda asked for and absent
 ├── Unauthorized          401
-├── NotFound              404  unknown activation, loss, objective, optimizer
+├── NotFound              404  unknown activation, loss, objective, optimizer, formula
+├── PreconditionFailed    412  a saved formula changed since the If-Match ETag was read
 ├── LimitExceeded         413  a configured size limit is exceeded
 ├── UnsupportedMediaType  415  the body is not sent as JSON
 ├── Overloaded            503  no compute slot and no room to wait (also GPU out of memory)
+├── DatabaseUnavailable   503  the formulas' database cannot be reached
 ├── DeadlineExceeded      504  the request's time budget ran out
 └── WorkerCrashed         500  the worker process computing the request died
 """
@@ -57,6 +59,10 @@ class NotFound(ServiceError):
     error_type = "not_found"
 
 
+class PreconditionFailed(ServiceError):
+    error_type = "precondition_failed"
+
+
 class LimitExceeded(ServiceError):
     error_type = "limit_exceeded"
 
@@ -84,6 +90,13 @@ class Overloaded(ServiceError):
         return {"Retry-After": str(self.retry_after)}
 
 
+class DatabaseUnavailable(ServiceError):
+    error_type = "database_unavailable"
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "1"}
+
+
 class DeadlineExceeded(ServiceError):
     error_type = "deadline_exceeded"
 
@@ -96,9 +109,11 @@ STATUS_CODES: dict[type[ServiceError], int] = {
     InvalidInput: 400,
     Unauthorized: 401,
     NotFound: 404,
+    PreconditionFailed: 412,
     LimitExceeded: 413,
     UnsupportedMediaType: 415,
     Overloaded: 503,
+    DatabaseUnavailable: 503,
     DeadlineExceeded: 504,
     ServiceError: 500,
 }

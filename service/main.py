@@ -32,6 +32,7 @@ from service.compute.ops.activations import ACTIVATIONS, evaluate_activation
 from service.compute.optimisation.compiled import ChunkCompiler, cxx_available
 from service.compute.optimisation.traced import trace_value_and_grad
 from service.config import Settings
+from service.store import FormulaStore, database_url
 
 logger = logging.getLogger("service")
 
@@ -73,6 +74,10 @@ class GradientService(FastAPI):
         self.chunk_compiler: ChunkCompiler | None = None
         """Compiles long Adam runs' steps (see ``compiled``); None without a C++ compiler or when off."""
         self.readiness: Literal["starting", "ready"] = "starting"
+        self.formulas = FormulaStore(
+            database_url(settings.database_url, settings.data_dir), max_formulas=settings.max_formulas
+        )
+        """Saved formulas: the database is opened on first use (never by the small-request path)."""
 
     def new_pool(self) -> ComputePool:
         settings = self.settings
@@ -140,6 +145,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             app.chunk_compiler.shutdown()
         if isinstance(pool, WorkerPool):
             await pool.stop()
+        await anyio.to_thread.run_sync(app.formulas.close)
 
 
 def _add_routes(app: GradientService) -> None:
@@ -174,9 +180,9 @@ def _add_middleware(app: GradientService) -> None:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origin_list(),
-            allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type", "X-Request-ID", "Accept"],
-            expose_headers=["X-Request-ID", "Retry-After"],
+            allow_methods=["GET", "POST", "PUT", "DELETE"],  # PUT and DELETE: saved formulas
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID", "Accept", "If-Match", "If-None-Match"],
+            expose_headers=["X-Request-ID", "Retry-After", "ETag", "Location"],
         )
     app.add_middleware(RequestMiddleware, metrics=app.metrics, access_log=settings.access_log)
 

@@ -3,8 +3,11 @@ drives it in-process (lifespan included) through httpx's ASGI transport."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
@@ -20,6 +23,11 @@ from service.main import GradientService, create_app
 # Background compiles take tens of seconds of CPU; only the tests about them turn them on (for
 # apps built here and servers started from here alike).
 os.environ.setdefault("GRADIENT_COMPILE", "false")
+# Saved formulas go to a database of the test run's own (for apps built here and servers started
+# from here alike), never to ./data.
+if "GRADIENT_DATA_DIR" not in os.environ:
+    os.environ["GRADIENT_DATA_DIR"] = tempfile.mkdtemp(prefix="gradient-tests-")
+    atexit.register(shutil.rmtree, os.environ["GRADIENT_DATA_DIR"], ignore_errors=True)
 
 # Hypothesis profiles: "quick" (the default, for CI and local runs) and "thorough" (a nightly-style
 # run: HYPOTHESIS_PROFILE=thorough scripts/test). Tests that set max_examples themselves scale it

@@ -39,6 +39,7 @@ NON_SETTING_VARIABLES = {
     "GRADIENT_SCREENSHOT_DIR": "where the browser tests save the playground's picture",
     "GRADIENT_CLIENT_URL": "the client's command line: the service's URL",
     "GRADIENT_CLIENT_API_KEY": "the client's command line: the API key",
+    "GRADIENT_PG_BIN": "the database tests' PostgreSQL server binaries",
 }
 """``GRADIENT_*`` names the docs may mention that are not settings (the test tools' own)."""
 

@@ -59,7 +59,11 @@ class UnauthorizedError(GradientError):
 
 
 class NotFoundError(GradientError):
-    """404: an unknown activation, loss, objective, optimizer, or path."""
+    """404: an unknown activation, loss, objective, optimizer, saved formula, model, or path."""
+
+
+class PreconditionFailedError(GradientError):
+    """412: a conditional write (``If-Match``, ``If-None-Match``) found another version."""
 
 
 class TooLargeError(GradientError):
@@ -98,6 +102,7 @@ STATUS_CLASSES: dict[int, type[GradientError]] = {
     400: InvalidInputError,
     401: UnauthorizedError,
     404: NotFoundError,
+    412: PreconditionFailedError,
     413: TooLargeError,
     422: ValidationError,
     429: OverloadedError,
@@ -105,7 +110,15 @@ STATUS_CLASSES: dict[int, type[GradientError]] = {
     504: DeadlineError,
 }
 
-_NOT_FOUND_TYPES = {"not_found", "unknown_activation", "unknown_loss", "unknown_objective", "unknown_optimizer"}
+_NOT_FOUND_TYPES = {
+    "not_found",
+    "unknown_activation",
+    "unknown_loss",
+    "unknown_objective",
+    "unknown_optimizer",
+    "formula_not_found",
+    "unknown_model",
+}
 _EXACT_STATUSES = {
     "unauthorized": 401,
     "method_not_allowed": 405,
@@ -113,7 +126,10 @@ _EXACT_STATUSES = {
     "validation_error": 422,
     "internal_error": 500,
     "worker_crashed": 500,
+    "precondition_failed": 412,
+    "formula_exists": 412,
     "overloaded": 503,
+    "database_unavailable": 503,
     "out_of_memory": 503,
     "device_out_of_memory": 503,
     "deadline_exceeded": 504,

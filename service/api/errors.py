@@ -10,8 +10,9 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
-from service.api.responses import JSONBytesResponse
+from service.api.responses import JSONBytesResponse, protocol_error
 from service.errors import ServiceError, status_code_for
 
 logger = logging.getLogger("service.errors")
@@ -43,6 +44,7 @@ def request_validation_error(exc: ValidationError, *where: str | int) -> Request
 
 
 def error_response(
+    request: Request,
     status: int,
     error_type: str,
     message: str,
@@ -50,30 +52,48 @@ def error_response(
     **extra: Any,
 ) -> JSONBytesResponse:
     body = {"error": {"type": error_type, "message": message, **extra}}
-    return JSONBytesResponse(body, status_code=status, headers=headers)
+    return _answer(request.scope, status, body, headers)
 
 
-def _service_error(error: ServiceError) -> JSONBytesResponse:
-    return JSONBytesResponse(error.body(), status_code=status_code_for(error), headers=error.headers())
+def _answer(
+    scope: Mapping[str, Any], status: int, body: dict[str, Any], headers: Mapping[str, str] | None = None
+) -> JSONBytesResponse:
+    """The contract's error ``body``, or on the Open Inference Protocol's paths its own (``protocol_error``)."""
+    status, shaped = protocol_error(scope, status, body)
+    return JSONBytesResponse(shaped, status_code=status, headers=headers)
+
+
+def _service_error(scope: Mapping[str, Any], error: ServiceError) -> JSONBytesResponse:
+    return _answer(scope, status_code_for(error), error.body(), error.headers())
 
 
 async def handle_service_error(request: Request, exc: Exception) -> JSONBytesResponse:
     assert isinstance(exc, ServiceError)
-    return _service_error(exc)
+    return _service_error(request.scope, exc)
 
 
 async def handle_http_exception(request: Request, exc: Exception) -> JSONBytesResponse:
     assert isinstance(exc, StarletteHTTPException)
     if isinstance(exc, ServiceHTTPError):
-        return _service_error(exc.error)
+        return _service_error(request.scope, exc.error)
     error_type = HTTP_ERROR_TYPES.get(exc.status_code, "http_error")
     if exc.status_code == 404 and exc.detail == "Not Found":
         message = f"There is no route {request.method} {request.url.path}."
     elif exc.status_code == 405:
         message = f"{request.method} is not allowed on {request.url.path}."
+        return error_response(request, 405, error_type, message, headers={"Allow": _allowed(request)})
     else:
         message = str(exc.detail)
-    return error_response(exc.status_code, error_type, message, headers=exc.headers)
+    return error_response(request, exc.status_code, error_type, message, headers=exc.headers)
+
+
+def _allowed(request: Request) -> str:
+    """Every method some route takes at this path (Starlette's own 405 names one route's only)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if route.matches(request.scope)[0] is not Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods))
 
 
 async def handle_validation_error(request: Request, exc: Exception) -> JSONBytesResponse:
@@ -84,7 +104,7 @@ async def handle_validation_error(request: Request, exc: Exception) -> JSONBytes
     message = f"The request does not match the schema: {where}: {first['msg']}"
     if len(errors) > 1:
         message += f" (and {len(errors) - 1} more)"
-    return error_response(422, "validation_error", message + ".", errors=errors)
+    return error_response(request, 422, "validation_error", message + ".", errors=errors)
 
 
 def _public_error(error: Any) -> dict[str, Any]:
@@ -106,7 +126,7 @@ def internal_error(scope: Mapping[str, Any], where: str) -> dict[str, Any]:
 
 async def handle_unexpected(request: Request, exc: Exception) -> JSONBytesResponse:
     body = internal_error(request.scope, f"on {request.method} {request.url.path}")
-    return JSONBytesResponse(body, status_code=500)
+    return _answer(request.scope, 500, body)
 
 
 def install_error_handlers(app: FastAPI) -> None:

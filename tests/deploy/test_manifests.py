@@ -20,10 +20,12 @@ from typing import Any
 
 import pytest
 import yaml
+from sqlalchemy.engine import make_url
 
 from service.api.workers._pool import STOP_TIMEOUT_S
 from service.config import Settings
 from service.main import create_app
+from service.store import database_url
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -83,12 +85,27 @@ def containers(deployment: Manifest) -> list[Manifest]:
 
 
 def env_of(container: Manifest) -> dict[str, str]:
+    """The container's environment, values taken from a Secret among the manifests read there."""
     env: dict[str, str] = {}
     for item in container.get("env", []):
-        assert "value" in item, f"{item['name']}: only literal values are checked here"
+        if "valueFrom" in item:
+            reference = item["valueFrom"]["secretKeyRef"]
+            env[item["name"]] = secret_value(reference["name"], reference["key"])
+            continue
+        assert "value" in item, f"{item['name']}: only literal values and Secrets' keys are checked here"
         assert isinstance(item["value"], str), f"{item['name']}: env values must be strings in YAML"
         env[item["name"]] = item["value"]
     return env
+
+
+def secret_value(name: str, key: str) -> str:
+    """A key of one of the manifests' Secrets (their values are in stringData)."""
+    secrets = {doc["metadata"]["name"]: doc for _, doc in of_kind("Secret")}
+    assert name in secrets, f"no Secret {name} among the manifests"
+    data = secrets[name].get("stringData", {})
+    assert key in data, f"the Secret {name} has no key {key} in stringData"
+    value: str = data[key]
+    return value
 
 
 def gradient_env(env: dict[str, str]) -> dict[str, str]:
@@ -146,7 +163,7 @@ def iter_probes(container: Manifest) -> Iterator[tuple[str, Manifest]]:
 
 def test_the_expected_files_exist() -> None:
     kinds = {doc["kind"] for _, doc in manifests()}
-    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"} <= kinds
+    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "StatefulSet", "Secret"} <= kinds
     assert COMPOSE.is_file() and PROMETHEUS.is_file() and DOCKERFILE.is_file()
 
 
@@ -285,7 +302,7 @@ def test_the_gpu_variant_asks_for_one_gpu_per_pod() -> None:
 
 
 def test_services_hpa_and_pdbs_select_their_deployments() -> None:
-    by_name = {doc["metadata"]["name"]: doc for _, doc in deployments()}
+    by_name = {doc["metadata"]["name"]: doc for _, doc in deployments() + of_kind("StatefulSet")}
     for path, doc in of_kind("Service") + of_kind("PodDisruptionBudget"):
         selector = doc["spec"]["selector"]
         selector = selector.get("matchLabels", selector)
@@ -300,6 +317,7 @@ def test_services_hpa_and_pdbs_select_their_deployments() -> None:
     for path, doc in of_kind("HorizontalPodAutoscaler"):
         target = doc["spec"]["scaleTargetRef"]
         assert target["kind"] == "Deployment" and target["name"] in by_name, label(path, doc)
+        assert by_name[target["name"]]["kind"] == "Deployment", label(path, doc)
         assert doc["spec"]["minReplicas"] >= 2, "a PodDisruptionBudget needs two pods to let one go"
 
 
@@ -414,3 +432,56 @@ def test_dockerfile_final_stage_has_no_compilers_pip_or_tests() -> None:
     assert not any("tests" in arguments for arguments in copies)
     ignored = (ROOT / ".dockerignore").read_text().splitlines()
     assert "*" in ignored or "tests" in ignored, ".dockerignore keeps tests out of the build context"
+
+
+# ---- the saved formulas' database ------------------------------------------------------------------------------
+
+
+def test_every_deployment_uses_the_postgres_statefulset() -> None:
+    """Every replica reads the same PostgreSQL: its URL comes from the Secret whose password the
+    StatefulSet's server is given, and names the headless Service, its port, user and database."""
+    [(_, statefulset)] = of_kind("StatefulSet")
+    services = {doc["metadata"]["name"]: doc for _, doc in of_kind("Service")}
+    pod = statefulset["spec"]["template"]["spec"]
+    [server] = pod["containers"]
+    assert server["image"].startswith("postgres:"), "the official image"
+    server_env = env_of(server)
+    service = services[statefulset["spec"]["serviceName"]]
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["selector"].items() <= statefulset["spec"]["template"]["metadata"]["labels"].items()
+    claims = {claim["metadata"]["name"] for claim in statefulset["spec"]["volumeClaimTemplates"]}
+    mounts = {mount["name"]: mount["mountPath"] for mount in server["volumeMounts"]}
+    assert server_env["PGDATA"].startswith(mounts[next(iter(claims))] + "/"), "the data lives on the claimed volume"
+    assert any(
+        "pg_isready" in probe["exec"]["command"] for probe in (server["readinessProbe"], server["livenessProbe"])
+    )
+    [port] = service["spec"]["ports"]
+    for path, deployment in deployments():
+        for container in containers(deployment):
+            url = make_url(database_url(settings_from(env_of(container)).database_url, ""))
+            where = label(path, deployment)
+            assert url.drivername == "postgresql+psycopg", f"{where}: GRADIENT_DATABASE_URL is not PostgreSQL's"
+            assert (url.host, url.port) == (service["metadata"]["name"], port["port"]), where
+            assert url.username == server_env["POSTGRES_USER"] and url.database == server_env["POSTGRES_DB"], where
+            assert url.password == server_env["POSTGRES_PASSWORD"], f"{where}: the Secret's two keys disagree"
+
+
+def test_compose_runs_postgres_for_the_service() -> None:
+    services = compose()["services"]
+    service, postgres = services["gradient-service"], services["postgres"]
+    assert postgres["image"].startswith("postgres:") and "pg_isready" in " ".join(postgres["healthcheck"]["test"])
+    assert service["depends_on"]["postgres"]["condition"] == "service_healthy"
+    environment = {name: str(value) for name, value in service["environment"].items()}
+    settings = settings_from(environment)
+    server = {name: str(value) for name, value in postgres["environment"].items()}
+    url = make_url(database_url(settings.database_url, settings.data_dir))
+    assert url.drivername == "postgresql+psycopg" and url.host == "postgres"
+    assert url.username == server["POSTGRES_USER"] and url.database == server["POSTGRES_DB"]
+    assert url.password == server["POSTGRES_PASSWORD"], "the same password (or the same variable) on both sides"
+    volumes = compose()["volumes"]
+    data = [volume for volume in postgres["volumes"] if volume.endswith(":/var/lib/postgresql/data")]
+    assert data and data[0].split(":")[0] in volumes, "the database lives on a named volume"
+    # The service's root is read-only: its data directory (SQLite, were the URL emptied) is a volume.
+    assert service["read_only"] is True
+    mounted = {volume.split(":")[1] for volume in service["volumes"]}
+    assert settings.data_dir in mounted

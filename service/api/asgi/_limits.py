@@ -45,7 +45,7 @@ class BodyLimitMiddleware:
             elif key == b"transfer-encoding":
                 chunked = True
         if length is not None and length > self.limit:
-            await self._reject(send)
+            await self._reject(scope, send)
             return
         if length is not None and not chunked:  # the server delivers no more than Content-Length
             await self.app(scope, receive, send)
@@ -66,10 +66,10 @@ class BodyLimitMiddleware:
             await self.app(scope, limited_receive, tracking_send)
         except BodyTooLarge:
             if not tracking_send.started:
-                await self._reject(send)
+                await self._reject(scope, send)
 
-    async def _reject(self, send: Send) -> None:
-        await send_error(send, 413, body_too_large(self.limit), (b"connection", b"close"))
+    async def _reject(self, scope: Scope, send: Send) -> None:
+        await send_error(send, 413, body_too_large(self.limit), (b"connection", b"close"), scope=scope)
 
 
 GZIP_LEVEL = 1
