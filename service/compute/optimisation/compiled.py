@@ -229,7 +229,7 @@ def _build_in_child(graph_module: torch.fx.GraphModule, key: _Key, path: Path, s
     with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
         job = Path(scratch) / "job.pickle"
         job.write_bytes(pickle.dumps((_picklable(graph_module), key, Path(scratch) / "package.pt2")))
-        command = [sys.executable, "-m", "service.compute.optimisation.compiled", str(job)]
+        command = [sys.executable, "-c", "from service.compute.optimisation.compiled import main; main()", str(job)]
         with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as child:
             started(child)
             try:
@@ -273,6 +273,7 @@ class ChunkCompiler:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compile")
         self._child: subprocess.Popen[bytes] | None = None
         """The compiling process under way, if any."""
+        self._stopping = False
 
     def chunk(
         self, traced: TracedValueAndGrad, rows: torch.Tensor, update: FusedAdam, planned_steps: int
@@ -314,6 +315,8 @@ class ChunkCompiler:
                 _build_in_child(traced.graph_module, key, path, self._started)
             chunk = load_chunk(path)
         except Exception:
+            if self._stopping:
+                raise  # the compiling process was ended by shutdown: nothing failed
             logger.warning("compiling optimiser steps failed; eager steps go on", exc_info=True)
             self._tell("failed", time.monotonic() - started)
             raise
@@ -329,6 +332,7 @@ class ChunkCompiler:
 
     def shutdown(self) -> None:
         """Drop the compiles not started yet, and end the compiling process."""
+        self._stopping = True
         self._executor.shutdown(wait=False, cancel_futures=True)
         if self._child is not None and self._child.poll() is None:
             self._child.kill()  # a compile under way is abandoned: its partial file is never loaded
@@ -345,7 +349,3 @@ class ChunkCompiler:
             futures = list(self._chunks.values())
         for future in futures:
             future.exception()
-
-
-if __name__ == "__main__":
-    main()
