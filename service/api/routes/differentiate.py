@@ -9,13 +9,15 @@ import torch
 from fastapi import APIRouter, Request
 
 from service.api.endpoints import ComputeContext, accept, expression_limits
+from service.api.formula_schemas import FormulaDifferentiateRequest
 from service.api.openapi import AUTH_RESPONSES, compute_post
 from service.api.responses import JSONBytesResponse
 from service.api.schemas import DifferentiateRequest, DifferentiateResponse, FunctionCatalog, FunctionInfo
 from service.compute.budgets import check_cost
 from service.compute.expressions.differentiate import Derivatives, Signature, differentiate, dry_run
-from service.compute.expressions.language import OPERATORS, compile_program
+from service.compute.expressions.language import OPERATORS, Program, compile_program
 from service.compute.ops.functions import FUNCTIONS
+from service.config import Settings
 
 router = APIRouter(tags=["expressions"])
 
@@ -49,34 +51,48 @@ async def differentiate_expression(request: Request) -> JSONBytesResponse:
             body.expression, frozenset(body.inputs), ctx.dtype, ctx.device, limits, settings.max_elements
         )
         inputs = {name: ctx.tensor(value, f"inputs.{name}", _kind(value)) for name, value in body.inputs.items()}
-        tangents = None
-        if body.tangents is not None:
-            tangents = {name: ctx.tensor(value, f"tangents.{name}") for name, value in body.tangents.items()}
-        grad_output = ctx.optional_tensor(body.grad_output, "grad_output")
-        options: dict[str, Any] = {
-            "grad_output": grad_output,
-            "tangents": tangents,
-            "batch": body.batch,
-            "max_entries": settings.max_jacobian_elements,
-        }
-        signature = Signature.of(
-            body.expression,
-            ctx.dtype,
-            inputs,
-            body.wrt,
-            body.derivatives,
-            **options,
-            max_elements=settings.max_elements,
-            limits=limits,
-        )
-        shapes, cost = dry_run(signature)
-        if body.dry_run:
-            return {**_results(shapes, _shape_of), "cost": cost.public()}
-        check_cost(cost, max_flops=settings.max_flops, max_elements=settings.max_elements)
-        result = differentiate(program, inputs, body.wrt, body.derivatives, **options)
-        return {**_results(result, ctx.wire), "cost": None}
+        return derivatives(body, body.expression, lambda: program, inputs, ctx, settings)
 
     return await call.respond(compute, op="differentiate")
+
+
+def derivatives(
+    body: DifferentiateRequest | FormulaDifferentiateRequest,
+    expression: str,
+    program: Callable[[], Program],
+    inputs: dict[str, torch.Tensor],
+    ctx: ComputeContext,
+    settings: Settings,
+) -> dict[str, Any]:
+    """The response's fields for ``body``'s derivatives of ``expression`` at ``inputs``: first
+    its cost, estimated on the meta device (all a dry run answers; over the limits, a 413),
+    then the derivatives, by the ``program`` made on demand."""
+    tangents = None
+    if body.tangents is not None:
+        tangents = {name: ctx.tensor(value, f"tangents.{name}") for name, value in body.tangents.items()}
+    options: dict[str, Any] = {
+        "grad_output": ctx.optional_tensor(body.grad_output, "grad_output"),
+        "tangents": tangents,
+        "batch": body.batch,
+        "max_entries": settings.max_jacobian_elements,
+    }
+    limits = expression_limits(settings)
+    signature = Signature.of(
+        expression,
+        ctx.dtype,
+        inputs,
+        body.wrt,
+        body.derivatives,
+        **options,
+        max_elements=settings.max_elements,
+        limits=limits,
+    )
+    shapes, cost = dry_run(signature)
+    if body.dry_run:
+        return {**_results(shapes, _shape_of), "cost": cost.public()}
+    check_cost(cost, max_flops=settings.max_flops, max_elements=settings.max_elements)
+    result = differentiate(program(), inputs, body.wrt, body.derivatives, **options)
+    return {**_results(result, ctx.wire), "cost": None}
 
 
 def _results(result: Derivatives, out: Callable[[torch.Tensor], Any]) -> dict[str, Any]:

@@ -24,10 +24,9 @@ from service.api.formula_schemas import (
 )
 from service.api.openapi import compute_post
 from service.api.responses import JSONBytesResponse
-from service.api.routes.differentiate import _results, _shape_of
+from service.api.routes.differentiate import derivatives
 from service.api.schemas import DifferentiateResponse
-from service.compute.budgets import check_cost
-from service.compute.expressions.differentiate import Signature, differentiate, dry_run
+from service.compute.expressions.language import Program
 from service.compute.expressions.saved import check_formula, check_formula_name, decode_inputs, saved_program
 from service.errors import InvalidInput, LimitExceeded
 from service.store import (
@@ -168,32 +167,11 @@ async def differentiate_formula(request: Request, name: NAME) -> JSONBytesRespon
 
     def compute(ctx: ComputeContext) -> dict[str, Any]:
         inputs = decode_inputs(formula, body.inputs, body.batch, ctx.device, ctx.budget)
-        tangents = None
-        if body.tangents is not None:
-            tangents = {key: ctx.tensor(value, f"tangents.{key}") for key, value in body.tangents.items()}
-        options: dict[str, Any] = {
-            "grad_output": ctx.optional_tensor(body.grad_output, "grad_output"),
-            "tangents": tangents,
-            "batch": body.batch,
-            "max_entries": settings.max_jacobian_elements,
-        }
-        signature = Signature.of(
-            formula.expression,
-            ctx.dtype,
-            inputs,
-            body.wrt,
-            body.derivatives,
-            **options,
-            max_elements=settings.max_elements,
-            limits=limits,
-        )
-        shapes, cost = dry_run(signature)
-        if body.dry_run:
-            return {**_results(shapes, _shape_of), "cost": cost.public()}
-        check_cost(cost, max_flops=settings.max_flops, max_elements=settings.max_elements)
-        program = saved_program(formula, ctx.dtype, ctx.device, limits, settings.max_elements)
-        result = differentiate(program, inputs, body.wrt, body.derivatives, **options)
-        return {**_results(result, ctx.wire), "cost": None}
+
+        def program() -> Program:
+            return saved_program(formula, ctx.dtype, ctx.device, limits, settings.max_elements)
+
+        return derivatives(body, formula.expression, program, inputs, ctx, settings)
 
     response = await call.respond(compute, op="differentiate")
     response.headers["ETag"] = f'"{formula.etag}"'
