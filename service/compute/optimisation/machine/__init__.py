@@ -489,10 +489,7 @@ class _Converter:
         return out
 
     def _fill_view(self, out: View, value: float) -> None:
-        if value == 0.0:  # the workspace starts zeroed, but a fill keeps the tape self-contained
-            self.tape.emit("FILL", out, param=0.0)
-        else:
-            self.tape.emit("FILL", out, param=value)
+        self.tape.emit("FILL", out, param=value)  # at every evaluation: simple, and cheap at these sizes
 
     def _reduce(self, node: torch.fx.Node, base: str, args: Sequence[Any]) -> View:
         source = self._operand(args[0])
