@@ -60,7 +60,8 @@ class Settings(BaseSettings):
     )
     compile: bool = Field(
         True,
-        description="Compile long Adam runs on a CPU with TorchInductor, in the background (needs a C++ compiler).",
+        description="Compile long Adam runs that the step machine does not take, on a CPU, with AOTInductor in a "
+        "low-priority child process (needs a C++ compiler).",
     )
     step_machine: bool = Field(
         True,
@@ -68,7 +69,7 @@ class Settings(BaseSettings):
         "built with the C compiler on first use, or ahead of time); off: one torch call per operation.",
     )
     compile_min_steps: int = Field(
-        10_000, ge=1, description="Steps a run plans before its case is compiled (a compile takes 5-30 s)."
+        10_000, ge=1, description="Steps a run plans before its case is compiled (a compile takes 20-30 s of idle CPU)."
     )
     request_timeout_s: float = Field(60.0, gt=0, description="Time budget of one request, waiting included (504).")
     max_concurrency: int = Field(
