@@ -16,6 +16,12 @@ draining = threading.Event()
 """Set once the process got SIGTERM or SIGINT: /readyz answers 503 from then on."""
 
 
+def readiness(app: Any) -> str:
+    """What /readyz (and the protocol's readiness) says: "draining" once SIGTERM came, else the
+    app's own "starting" or "ready"."""
+    return "draining" if draining.is_set() else str(app.readiness)
+
+
 def install_drain_handler(drain_s: float) -> None:
     """Put a handler in front of the server's SIGTERM/SIGINT handler: mark the process as
     draining at once (so /readyz turns 503 while the listener still accepts, and load balancers

@@ -48,15 +48,9 @@ def name_parameter(registry: Registry[Any]) -> Any:
 Endpoint = Callable[..., Coroutine[Any, Any, Response]]
 
 
-def compute_post(
-    router: APIRouter,
-    path: str,
-    body: type[BaseModel],
-    result: type[BaseModel],
-    **options: Any,
-) -> Callable[[Endpoint], Endpoint]:
-    """``@router.post(path, ...)`` for a compute endpoint: a RequestRoute whose JSON ``body`` and
-    ``result`` models, and every error it may answer, are documented in the OpenAPI."""
+def request_post(router: APIRouter, path: str, **options: Any) -> Callable[[Endpoint], Endpoint]:
+    """``@router.post(path, ...)`` for an endpoint that reads its own body: a RequestRoute
+    answering with JSON bytes; ``options`` (responses, openapi_extra, summary...) document it."""
 
     def register(endpoint: Endpoint) -> Endpoint:
         router.add_api_route(
@@ -65,13 +59,24 @@ def compute_post(
             methods=["POST"],
             route_class_override=RequestRoute,
             response_class=JSONBytesResponse,
-            responses={200: {"model": result}, **ERROR_RESPONSES},
-            openapi_extra=json_body_openapi(body),
             **options,
         )
         return endpoint
 
     return register
+
+
+def compute_post(
+    router: APIRouter,
+    path: str,
+    body: type[BaseModel],
+    result: type[BaseModel],
+    **options: Any,
+) -> Callable[[Endpoint], Endpoint]:
+    """``request_post`` for a compute endpoint whose JSON ``body`` and ``result`` models, and
+    every error it may answer, are documented in the OpenAPI."""
+    responses = {200: {"model": result}, **ERROR_RESPONSES}
+    return request_post(router, path, responses=responses, openapi_extra=json_body_openapi(body), **options)
 
 
 COMPONENT_REF = "#/components/schemas/{model}"

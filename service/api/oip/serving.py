@@ -30,7 +30,7 @@ HEADER_LENGTH_NAME = "Inference-Header-Content-Length"
 
 def server_ready(request: Request) -> bool:
     """Ready as /readyz says it: started, and not draining."""
-    return bool(request.app.readiness == "ready" and not lifecycle.draining.is_set())
+    return lifecycle.readiness(request.app) == "ready"
 
 
 async def model(request: Request, name: str, version: str | None) -> Model:

@@ -32,7 +32,7 @@ async def healthz() -> Health:
     responses={503: {"model": Readiness}},
 )
 async def readyz(request: Request) -> JSONBytesResponse:
-    state: str = "draining" if lifecycle.draining.is_set() else request.app.readiness
+    state = lifecycle.readiness(request.app)
     return JSONBytesResponse({"status": state}, status_code=200 if state == "ready" else 503)
 
 

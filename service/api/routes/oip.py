@@ -10,7 +10,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Request, Response
 
 from service import __version__
-from service.api.endpoints import RequestRoute
 from service.api.oip import serving
 from service.api.oip.schemas import (
     InferenceRequest,
@@ -22,7 +21,7 @@ from service.api.oip.schemas import (
     ServerMetadata,
     ServerReady,
 )
-from service.api.openapi import Endpoint, json_body_openapi
+from service.api.openapi import Endpoint, json_body_openapi, request_post
 from service.api.responses import JSONBytesResponse
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"])
@@ -121,20 +120,8 @@ async def model_version_ready(name: Name, version: Version, request: Request) ->
 
 
 def _infer_route(path: str, summary: str) -> Callable[[Endpoint], Endpoint]:
-    def register(endpoint: Endpoint) -> Endpoint:
-        router.add_api_route(
-            path,
-            endpoint,
-            methods=["POST"],
-            route_class_override=RequestRoute,
-            response_class=JSONBytesResponse,
-            responses={200: {"model": InferenceResponse, "content": BINARY}, **ERRORS},
-            openapi_extra=_infer_openapi(),
-            summary=summary,
-        )
-        return endpoint
-
-    return register
+    responses = {200: {"model": InferenceResponse, "content": BINARY}, **ERRORS}
+    return request_post(router, path, responses=responses, openapi_extra=_infer_openapi(), summary=summary)
 
 
 @_infer_route("/models/{name}/infer", "Inference: outputs and their derivatives, in JSON or binary")
