@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import base64
+import shutil
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -55,3 +58,22 @@ def examples(quick: int) -> int:
 
     profile = settings()
     return quick if profile.max_examples <= 100 else max(10 * quick, profile.max_examples)
+
+
+BASH = shutil.which("bash") or "/bin/bash"
+
+
+def run_install_script(
+    script: Path, tmp_path: Path, ci: str | None, env: dict[str, str], tools: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run one of scripts/install-* with the variables ``env``, a PATH holding only ``tools``
+    (name: the shell script standing in for it), and CI unset or set to ``ci``."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name, text in (tools or {}).items():
+        (bin_dir / name).write_text(f"#!{BASH}\n{text}\n")
+        (bin_dir / name).chmod(0o755)
+    env = {**env, "PATH": str(bin_dir)}
+    if ci is not None:
+        env["CI"] = ci
+    return subprocess.run([BASH, str(script)], env=env, capture_output=True, text=True, timeout=60, check=False)

@@ -4,34 +4,24 @@ elsewhere), and the PostgreSQL tests fail rather than skip in CI without it."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import BASH, run_install_script
+
 ROOT = Path(__file__).resolve().parent.parent
 INSTALL_POSTGRES = ROOT / "scripts" / "install-postgres"
-BASH = shutil.which("bash") or "/bin/bash"
 
 
 def install_postgres(
     tmp_path: Path, ci: str | None, tools: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run scripts/install-postgres for server binaries that do not exist, with a PATH holding only
-    ``tools`` (name: the shell script standing in for it), and CI unset or set to ``ci``."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir(exist_ok=True)
-    for name, script in (tools or {}).items():
-        (bin_dir / name).write_text(f"#!{BASH}\n{script}\n")
-        (bin_dir / name).chmod(0o755)
-    env = {"PATH": str(bin_dir), "GRADIENT_PG_BIN": str(tmp_path / "no-postgres")}
-    if ci is not None:
-        env["CI"] = ci
-    return subprocess.run(
-        [BASH, str(INSTALL_POSTGRES)], env=env, capture_output=True, text=True, timeout=60, check=False
-    )
+    """scripts/install-postgres for server binaries that do not exist (see ``run_install_script``)."""
+    env = {"GRADIENT_PG_BIN": str(tmp_path / "no-postgres")}
+    return run_install_script(INSTALL_POSTGRES, tmp_path, ci, env, tools)
 
 
 @pytest.mark.parametrize(("ci", "code"), [("true", 1), ("1", 1), (None, 0), ("false", 0)])

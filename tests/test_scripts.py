@@ -5,7 +5,6 @@ without chromium, and bench.load fails a load that got no 200."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,28 +13,18 @@ import pytest
 
 from bench.load import problems_in
 from bench.wrk import WrkResult
+from tests.helpers import run_install_script
 
 ROOT = Path(__file__).resolve().parent.parent
 INSTALL_BROWSER = ROOT / "scripts" / "install-browser"
-BASH = shutil.which("bash") or "/bin/bash"
 
 
 def install_browser(
     tmp_path: Path, ci: str | None, tools: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run scripts/install-browser for a chromium path that does not exist, with a PATH holding
-    only ``tools`` (name: the shell script standing in for it), and CI unset or set to ``ci``."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir(exist_ok=True)
-    for name, script in (tools or {}).items():
-        (bin_dir / name).write_text(f"#!{BASH}\n{script}\n")
-        (bin_dir / name).chmod(0o755)
-    env = {"PATH": str(bin_dir), "GRADIENT_CHROMIUM": str(tmp_path / "no-chromium")}
-    if ci is not None:
-        env["CI"] = ci
-    return subprocess.run(
-        [BASH, str(INSTALL_BROWSER)], env=env, capture_output=True, text=True, timeout=60, check=False
-    )
+    """scripts/install-browser for a chromium path that does not exist (see ``run_install_script``)."""
+    env = {"GRADIENT_CHROMIUM": str(tmp_path / "no-chromium")}
+    return run_install_script(INSTALL_BROWSER, tmp_path, ci, env, tools)
 
 
 @pytest.mark.parametrize("ci", ["true", "1", "TRUE"])
