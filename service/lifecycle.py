@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import logging
 import os
 import signal
+import sys
 import threading
 from types import FrameType
 from typing import Any
@@ -14,6 +17,17 @@ logger = logging.getLogger("service.lifecycle")
 
 draining = threading.Event()
 """Set once the process got SIGTERM or SIGINT: /readyz answers 503 from then on."""
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """SIGKILL this process when the thread that started it exits (Linux only; a compute worker
+    elsewhere stops at its channel's end of file, once the computation in hand is done)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def readiness(app: Any) -> str:

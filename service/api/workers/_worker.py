@@ -9,19 +9,17 @@ finish) and dies with the front (Linux's parent-death signal, and the channel's 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
 import logging.config
 import os
 import signal
 import socket
-import sys
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from starlette.types import Message as AsgiMessage
 
+from service import lifecycle
 from service.api.asgi import STARTED_KEY, Metrics, local_gpu_memory
 from service.api.errors import REQUEST_ID_KEY
 from service.api.workers._channel import Arena, Channel, Kind, Message
@@ -31,14 +29,13 @@ from service.logs import logging_config
 
 logger = logging.getLogger("service.workers")
 
-PR_SET_PDEATHSIG = 1
 DEVICE_ERROR_EXIT = 3
 """The exit status of a worker whose CUDA context broke (the front counts it as a device error)."""
 
 
 def run_worker(sock: socket.socket, settings_json: str) -> None:
     """The worker process's entry point (``multiprocessing`` calls it in the child)."""
-    _die_with_parent()
+    lifecycle.die_with_parent()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
     settings = Settings.model_validate_json(settings_json)
@@ -50,14 +47,6 @@ def run_worker(sock: socket.socket, settings_json: str) -> None:
         if index < settings.cuda_devices():  # (one configured but absent is reported by /v1/info)
             torch.cuda.set_device(index)
     asyncio.run(_serve(sock, settings))
-
-
-def _die_with_parent() -> None:
-    """SIGKILL this process when the process that forked it exits (Linux only; elsewhere the
-    channel's end of file stops it, once the computation in hand is done)."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError):
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def resident_bytes() -> int:

@@ -21,14 +21,12 @@ eager; a compile that fails is logged, and the eager steps go on.
 from __future__ import annotations
 
 import copy
-import ctypes
 import hashlib
 import importlib
 import logging
 import os
 import pickle
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -45,6 +43,7 @@ from typing import Any
 import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
+from service import lifecycle
 from service.compute.optimisation.machine import cache_folder
 from service.compute.optimisation.optimizers import FusedAdam
 from service.compute.optimisation.traced import TRACING, TracedValueAndGrad, finite_probe
@@ -187,7 +186,6 @@ def build_package(graph_module: torch.fx.GraphModule, key: _Key, path: Path) -> 
     with TRACING, torch.no_grad():
         graph = make_fx(function, tracing_mode="fake", _allow_non_fake_inputs=True)(*inputs)
         exported = torch.export.export(graph, tuple(inputs))
-    path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch's own, about its tree specs
         torch._inductor.aoti_compile_and_package(exported, package_path=str(path))
@@ -200,17 +198,6 @@ def load_chunk(path: Path) -> CompiledChunk:
         warnings.simplefilter("ignore", FutureWarning)
         kernel = torch._inductor.aoti_load_package(str(path))
     return CompiledChunk(kernel)
-
-
-def compile_chunk(traced: TracedValueAndGrad, rows: torch.Tensor, update: FusedAdam) -> CompiledChunk:
-    """Compile (or load, if compiled before) ``CHUNK`` steps now, in this process."""
-    key = _key(traced, rows, update)
-    path = package_path(key)
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
-            os.replace(build_package(traced.graph_module, key, Path(scratch) / "package.pt2"), path)
-    return load_chunk(path)
 
 
 def _picklable(graph_module: torch.fx.GraphModule) -> torch.fx.GraphModule:
@@ -249,10 +236,9 @@ _CHILD_TIMEOUT_S = 900
 def main() -> None:
     """The compiling child: the lowest priority, one thread, an end with its parent; then the job."""
     os.nice(19)
-    if sys.platform == "linux":
-        # Idle scheduling (its C++ compiler inherits it): CPU only when nothing else wants it.
+    if sys.platform == "linux":  # idle scheduling (its C++ compiler inherits it): CPU nothing else wants
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    lifecycle.die_with_parent()
     torch.set_num_threads(1)
     # Unpickling a graph re-traces it, which needs this module of torch's loaded (as the
     # compiler loads it, but only later).

@@ -21,6 +21,8 @@ import torch
 import torch.fx
 from torch.fx.experimental.proxy_tensor import make_fx
 
+from service.compute.optimisation import machine
+
 aten = torch.ops.aten
 
 TRACING = threading.Lock()
@@ -104,13 +106,11 @@ class TracedValueAndGrad:
     def __init__(self, graph_module: torch.fx.GraphModule) -> None:
         self.graph_module = graph_module
         self.forward = graph_module.forward
-        self._programs: dict[tuple[tuple[int, ...], torch.dtype], Any] = {}
+        self._programs: dict[tuple[tuple[int, ...], torch.dtype], machine.Program | None] = {}
 
-    def machine_program(self, rows: torch.Tensor) -> Any:
+    def machine_program(self, rows: torch.Tensor) -> machine.Program | None:
         """The graph as the step machine's tape for ``rows`` (made once), or None where the
         machine cannot run it (see ``machine``)."""
-        from service.compute.optimisation import machine
-
         key = (tuple(rows.shape), rows.dtype)
         if key not in self._programs:
             self._programs[key] = machine.program(self.graph_module, rows)
