@@ -23,13 +23,13 @@ seconds) into a cache folder, or ahead of time with ``python -m service.compute.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import logging
 import os
 import shutil
 import subprocess
 import tempfile
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,22 +163,12 @@ def build(folder: Path) -> Path:
     return target
 
 
-_LOADING = threading.Lock()
-_library: ctypes.CDLL | None = None
-_tried = False
-
-
+@functools.cache
 def library() -> ctypes.CDLL | None:
     """The machine, loaded once: prebuilt beside this file, else from (or built into) the cache
-    folder; None when it cannot be built (no compiler): the torch steps are used instead."""
-    global _library, _tried
-    if _tried:
-        return _library
-    with _LOADING:
-        if not _tried:
-            _library = _load()
-            _tried = True
-    return _library
+    folder; None when it cannot be built (no compiler): the torch steps are used instead. (Two
+    threads loading it at once may both build it: each build replaces the file whole.)"""
+    return _load()
 
 
 def _load() -> ctypes.CDLL | None:
